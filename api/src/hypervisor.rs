@@ -1,0 +1,186 @@
+//! `Hypervisor`: one per node, the inventory its agent publishes.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A hypervisor node as its agent sees it: versions, CPU, memory, the
+/// address migrations reach it on, and the domains it runs. Named after the
+/// Kubernetes node. The spec belongs to operators, the status to the agent.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "kvmotion.io",
+    version = "v1alpha1",
+    kind = "Hypervisor",
+    plural = "hypervisors",
+    shortname = "hv",
+    category = "kvmotion",
+    status = "HypervisorStatus",
+    derive = "PartialEq",
+    derive = "Default",
+    doc = "A hypervisor node's libvirt inventory, published by its kvmotion agent.",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Unschedulable",
+        type_ = "boolean",
+        json_path = ".spec.unschedulable"
+    ),
+    printcolumn(
+        name = "Libvirt",
+        type_ = "string",
+        json_path = ".status.libvirtVersion"
+    ),
+    printcolumn(name = "CPU", type_ = "string", json_path = ".status.cpu.model"),
+    printcolumn(
+        name = "FreeMemory",
+        type_ = "integer",
+        json_path = ".status.memory.freeBytes",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct HypervisorSpec {
+    /// Keep new migrations from choosing or targeting this node (running
+    /// ones finish). Like cordoning, for migrations only.
+    #[serde(default)]
+    pub unschedulable: bool,
+}
+
+/// What the node's agent reports.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HypervisorStatus {
+    /// libvirt daemon version, e.g. "11.3.0".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub libvirt_version: Option<String>,
+    /// QEMU version, e.g. "10.0.2".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qemu_version: Option<String>,
+    /// Host CPU as libvirt describes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<HostCpu>,
+    /// Host memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<HostMemory>,
+    /// Host name or IP address that other nodes' libvirtd reach this node's
+    /// libvirtd on (the migration network).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migration_address: Option<String>,
+    /// URL of this node's agent API, e.g. "https://10.0.0.5:9443".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_endpoint: Option<String>,
+    /// The libvirt domains defined or running on this node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["uuid"]))]
+    pub domains: Vec<DomainInfo>,
+    /// When the agent last checked libvirt, changed or not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<Time>,
+    /// Standard conditions; Ready is True while the agent reaches libvirtd.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// The host CPU.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostCpu {
+    /// Architecture, e.g. "x86_64".
+    pub arch: String,
+    /// libvirt CPU model name, e.g. "Skylake-Server-IBRS".
+    pub model: String,
+    /// Vendor, e.g. "Intel".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vendor: Option<String>,
+    /// Feature flags beyond the model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<String>,
+    /// Logical CPUs.
+    pub count: u32,
+}
+
+/// Host memory, in bytes.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostMemory {
+    /// Physical memory.
+    pub total_bytes: u64,
+    /// Memory not in use.
+    pub free_bytes: u64,
+}
+
+/// One libvirt domain on the node.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainInfo {
+    /// Domain name.
+    pub name: String,
+    /// Domain UUID.
+    pub uuid: String,
+    /// Domain state.
+    pub state: DomainState,
+    /// Memory assigned to the guest, in bytes.
+    pub memory_bytes: u64,
+    /// Virtual CPUs.
+    pub vcpus: u32,
+    /// True when the domain is defined (survives shut-off), false when transient.
+    pub persistent: bool,
+    /// The guest's disks.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskInfo>,
+}
+
+/// libvirt's view of a domain's state.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DomainState {
+    /// Running.
+    Running,
+    /// Blocked on a resource.
+    Blocked,
+    /// Paused.
+    Paused,
+    /// Shutting down.
+    ShuttingDown,
+    /// Shut off (defined, not running).
+    ShutOff,
+    /// Crashed.
+    Crashed,
+    /// Suspended by guest power management.
+    Suspended,
+    /// libvirt reports no state.
+    #[default]
+    Unknown,
+}
+
+/// One guest disk.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskInfo {
+    /// Target device in the guest, e.g. "vda".
+    pub target: String,
+    /// Host path (or network source) of the image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Image format, e.g. "qcow2" or "raw".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// Virtual size in bytes, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub capacity_bytes: Option<u64>,
+    /// True when the image lies on storage every node sees (no copy needed).
+    pub shared: bool,
+    /// True for read-only media (CD-ROMs), which are not copied.
+    #[serde(default)]
+    pub read_only: bool,
+}

@@ -1,0 +1,111 @@
+//! How a migration is carried out: the knobs a `MigrationPolicy` sets as
+//! defaults and a `VirtualMachineMigration` may override one by one.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Tuning of one migration. Every field is optional: an unset field falls
+/// back to the policy, then to kvmotion's built-in default.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationTuning {
+    /// Bandwidth cap for the memory (and disk) stream, in MiB/s. 0 means unlimited.
+    #[serde(rename = "bandwidthMiBps", skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1_048_576))]
+    pub bandwidth_mibps: Option<u32>,
+
+    /// Longest pause of the guest allowed at switch-over, in milliseconds
+    /// (1 to 2,000,000). kvmotion raises the allowed downtime in steps up to
+    /// this value while the migration runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2_000_000))]
+    pub max_downtime_ms: Option<u32>,
+
+    /// Time allowed per GiB of guest memory (and copied disk) before the
+    /// timeout action is taken, in seconds. 0 disables this timeout.
+    #[serde(
+        rename = "completionTimeoutPerGiBSeconds",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 0, max = 86_400))]
+    pub completion_timeout_per_gib_seconds: Option<u32>,
+
+    /// Time without progress (remaining data not shrinking) before the
+    /// timeout action is taken, in seconds. 0 disables this timeout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86_400))]
+    pub progress_timeout_seconds: Option<u32>,
+
+    /// What to do when a timeout fires: Abort (the VM stays on the source),
+    /// PostCopy (switch to post-copy: the VM runs on the target at once and
+    /// pulls the remaining memory), or Pause (pause the guest so pre-copy
+    /// finishes; downtime grows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_timeout: Option<TimeoutAction>,
+
+    /// Let QEMU throttle the guest's vCPUs when it dirties memory faster than
+    /// the link sends it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_converge: Option<bool>,
+
+    /// Allow switching to post-copy. Required for onTimeout PostCopy. A
+    /// post-copy migration cannot be rolled back once switched: a network
+    /// failure then loses the guest, which is why a policy may forbid it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub post_copy: Option<bool>,
+
+    /// Number of parallel connections for the memory stream (1 to 16).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16))]
+    pub parallel_connections: Option<u8>,
+
+    /// Compression of the memory stream. None by default: on small hosts
+    /// compression costs more CPU than it saves in time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
+
+    /// How disks travel: Auto (copy the disks that are not on shared
+    /// storage), Shared (all disks must be on shared storage, copying is
+    /// forbidden), Copy (copy every disk).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageMode>,
+
+    /// Encrypt the migration stream with libvirt's native TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<bool>,
+}
+
+/// What happens when a migration runs out of time.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum TimeoutAction {
+    /// Cancel the migration; the VM keeps running on the source.
+    Abort,
+    /// Switch to post-copy; needs postCopy allowed.
+    PostCopy,
+    /// Pause the guest so the remaining memory is sent while it is stopped.
+    Pause,
+}
+
+/// Compression of the migration stream.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Compression {
+    /// No compression.
+    None,
+    /// XBZRLE page-delta caching (helps guests rewriting the same pages).
+    Xbzrle,
+    /// zstd over parallel connections.
+    Zstd,
+    /// zlib over parallel connections.
+    Zlib,
+}
+
+/// How a migration treats the VM's disks.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum StorageMode {
+    /// Copy the disks that are not on shared storage.
+    Auto,
+    /// Require shared storage for every disk; never copy.
+    Shared,
+    /// Copy every disk to the target.
+    Copy,
+}

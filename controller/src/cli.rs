@@ -1,0 +1,70 @@
+//! Command-line and environment configuration of the controller.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Flags of `kvmotion-controller`; each can also come from the environment.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(
+    name = "kvmotion-controller",
+    version,
+    about = "Reconciles kvmotion VirtualMachineMigrations"
+)]
+pub struct Args {
+    /// kubeconfig file; in-cluster configuration or $KUBECONFIG when unset.
+    #[arg(long, env = "KVMOTION_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Address of the /healthz, /readyz and /metrics endpoint.
+    #[arg(long, env = "KVMOTION_HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "kvmotion-system")]
+    pub lease_namespace: String,
+
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "KVMOTION_LEASE_NAME",
+        default_value = "kvmotion-controller"
+    )]
+    pub lease_name: String,
+
+    /// How long a leader's Lease stays valid without renewal, in seconds.
+    #[arg(long, env = "KVMOTION_LEASE_DURATION_SECONDS", default_value_t = 15)]
+    pub lease_duration_seconds: u64,
+
+    /// How long before expiry the leader renews, in seconds.
+    #[arg(long, env = "KVMOTION_LEASE_GRACE_SECONDS", default_value_t = 5)]
+    pub lease_grace_seconds: u64,
+
+    /// This replica's identity in the Lease; the pod name in a cluster.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Log format.
+    #[arg(long, env = "KVMOTION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How logs are written.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+impl Args {
+    /// The Lease identity: the given one, else host name and process id.
+    pub fn identity(&self) -> String {
+        self.identity.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "controller".into());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+}

@@ -1,0 +1,76 @@
+//! The controller's one error type.
+
+/// Everything that can fail in the controller, named after the operation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No kubeconfig or in-cluster configuration could be loaded.
+    #[error("loading the Kubernetes client configuration")]
+    LoadKubeConfig(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The Kubernetes client could not be built from the configuration.
+    #[error("building the Kubernetes client")]
+    BuildClient(#[source] kube::Error),
+    /// Writing a migration's status failed.
+    #[error("writing the status of VirtualMachineMigration {name}")]
+    WriteStatus {
+        /// The migration.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The leader-election Lease could not be set up or renewed.
+    #[error("leader election on Lease {namespace}/{name}")]
+    LeaderElection {
+        /// Lease namespace.
+        namespace: String,
+        /// Lease name.
+        name: String,
+        /// The lease manager's error.
+        #[source]
+        source: kube_lease_manager::LeaseManagerError,
+    },
+    /// The health and metrics endpoint could not be served.
+    #[error("serving health and metrics on {addr}")]
+    ServeHttp {
+        /// The listen address.
+        addr: std::net::SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// A static label for metrics and logs, never built from `Debug` output.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Error::LoadKubeConfig(_) => "load_kube_config",
+            Error::BuildClient(_) => "build_client",
+            Error::WriteStatus { .. } => "write_status",
+            Error::LeaderElection { .. } => "leader_election",
+            Error::ServeHttp { .. } => "serve_http",
+        }
+    }
+
+    /// Whether retrying can help. Errors here come from the API server or the
+    /// network, which recover; specs the controller cannot act on are not
+    /// errors but a condition on the object.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::WriteStatus { .. } | Error::LeaderElection { .. } => true,
+            Error::LoadKubeConfig(_) | Error::BuildClient(_) | Error::ServeHttp { .. } => false,
+        }
+    }
+}
+
+/// Renders an error with its chain of causes on one line, for logs.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}

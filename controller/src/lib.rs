@@ -1,0 +1,12 @@
+//! kvmotion's controller: reconciles `VirtualMachineMigration` objects while
+//! holding the leader Lease, and serves health and metrics.
+
+pub mod cli;
+pub mod error;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod reconcile;
+pub mod run;
+
+pub use error::Error;

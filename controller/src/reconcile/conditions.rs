@@ -1,0 +1,88 @@
+//! Setting standard conditions without resetting their transition times.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kvmotion_api::{ConditionReason, ConditionType};
+
+/// Sets condition `type_` in `conditions`. The transition time moves only
+/// when the status (True/False) changes, as Kubernetes conventions require.
+pub fn set(
+    conditions: &mut Vec<Condition>,
+    type_: ConditionType,
+    status: bool,
+    reason: ConditionReason,
+    message: String,
+    generation: i64,
+    now: Time,
+) {
+    let status = if status { "True" } else { "False" }.to_string();
+    let existing = conditions.iter_mut().find(|c| c.type_ == type_.as_str());
+    match existing {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = now;
+            }
+            c.status = status;
+            c.reason = reason.as_str().into();
+            c.message = message;
+            c.observed_generation = Some(generation);
+        }
+        None => conditions.push(Condition {
+            type_: type_.as_str().into(),
+            status,
+            reason: reason.as_str().into(),
+            message,
+            observed_generation: Some(generation),
+            last_transition_time: now,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> Time {
+        Time(jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_status_flips() {
+        let mut c = Vec::new();
+        let accepted = ConditionType::Accepted;
+        set(
+            &mut c,
+            accepted,
+            true,
+            ConditionReason::Accepted,
+            "a".into(),
+            1,
+            at(10),
+        );
+        set(
+            &mut c,
+            accepted,
+            true,
+            ConditionReason::Accepted,
+            "b".into(),
+            2,
+            at(20),
+        );
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].last_transition_time, at(10));
+        assert_eq!(
+            (c[0].message.as_str(), c[0].observed_generation),
+            ("b", Some(2))
+        );
+        set(
+            &mut c,
+            accepted,
+            false,
+            ConditionReason::InvalidSpec,
+            "c".into(),
+            2,
+            at(30),
+        );
+        assert_eq!(c[0].last_transition_time, at(30));
+        assert_eq!(c[0].reason, "InvalidSpec");
+    }
+}

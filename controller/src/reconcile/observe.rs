@@ -1,0 +1,115 @@
+//! Observe: turn the stored object into what `decide` needs, catching any
+//! spec the controller cannot act on instead of failing on it.
+
+use kube::api::DynamicObject;
+use kvmotion_api::{VirtualMachineMigrationSpec, VirtualMachineMigrationStatus};
+use tracing::warn;
+
+use super::selector;
+
+/// A migration as the controller sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observed {
+    /// Object name.
+    pub name: String,
+    /// `metadata.generation`.
+    pub generation: i64,
+    /// The spec, or why it cannot be acted on.
+    pub spec: Result<VirtualMachineMigrationSpec, SpecProblem>,
+    /// Current status (empty when none was written yet).
+    pub status: VirtualMachineMigrationStatus,
+}
+
+/// Why a spec that passed admission still cannot be acted on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecProblem {
+    /// Message for a person: names the field and what is wrong.
+    pub message: String,
+}
+
+/// Reads a stored migration.
+pub fn observe(obj: &DynamicObject) -> Observed {
+    let name = obj.metadata.name.clone().unwrap_or_default();
+    let spec = parse_spec(obj.data.get("spec"));
+    // The controller is the only writer of status, so a status it cannot
+    // read is simply rewritten from scratch.
+    let status = match obj.data.get("status") {
+        None | Some(serde_json::Value::Null) => VirtualMachineMigrationStatus::default(),
+        Some(raw) => serde_json::from_value(raw.clone()).unwrap_or_else(|e| {
+            warn!(migration = %name, error = %e, "unreadable status; rewriting it");
+            VirtualMachineMigrationStatus::default()
+        }),
+    };
+    Observed {
+        name,
+        generation: obj.metadata.generation.unwrap_or(0),
+        spec,
+        status,
+    }
+}
+
+fn parse_spec(raw: Option<&serde_json::Value>) -> Result<VirtualMachineMigrationSpec, SpecProblem> {
+    let raw = raw.ok_or_else(|| SpecProblem {
+        message: "spec is missing".into(),
+    })?;
+    let spec: VirtualMachineMigrationSpec =
+        serde_json::from_value(raw.clone()).map_err(|e| SpecProblem {
+            message: format!("spec cannot be read: {e}"),
+        })?;
+    if let Some(sel) = &spec.target_selector {
+        selector::validate(sel, "spec.targetSelector")
+            .map_err(|message| SpecProblem { message })?;
+    }
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn object(data: serde_json::Value) -> DynamicObject {
+        let mut obj: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "kvmotion.io/v1alpha1",
+            "kind": "VirtualMachineMigration",
+            "metadata": {"name": "m1", "generation": 3},
+        }))
+        .unwrap();
+        obj.data = data;
+        obj
+    }
+
+    #[test]
+    fn a_valid_spec_is_parsed_with_defaults() {
+        let o = observe(&object(json!({"spec": {"vm": {"name": "web-1"}}})));
+        let spec = o.spec.unwrap();
+        assert_eq!(spec.vm.name.as_deref(), Some("web-1"));
+        assert_eq!(spec.mode, kvmotion_api::MigrationMode::Live);
+        assert_eq!(o.generation, 3);
+    }
+
+    #[test]
+    fn an_unreadable_spec_becomes_a_problem_naming_the_field() {
+        let o = observe(&object(
+            json!({"spec": {"vm": {"name": "x"}, "mode": "Teleport"}}),
+        ));
+        let p = o.spec.unwrap_err();
+        assert!(p.message.contains("Teleport"), "{}", p.message);
+    }
+
+    #[test]
+    fn a_missing_spec_is_a_problem() {
+        assert_eq!(
+            observe(&object(json!({}))).spec.unwrap_err().message,
+            "spec is missing"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_status_is_treated_as_empty() {
+        let o = observe(&object(
+            json!({"spec": {"vm": {"name": "x"}}, "status": {"phase": 7}}),
+        ));
+        assert_eq!(o.status, VirtualMachineMigrationStatus::default());
+    }
+}

@@ -1,0 +1,151 @@
+//! Checks a label selector the way Kubernetes would before using it: the
+//! CRD schema cannot express label-key syntax or operator/value rules.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+/// Returns a message naming the first invalid part of `sel`, found at `path`.
+pub fn validate(sel: &LabelSelector, path: &str) -> Result<(), String> {
+    for (key, value) in sel.match_labels.iter().flatten() {
+        label_key(key).map_err(|why| format!("{path}.matchLabels: key {key:?} {why}"))?;
+        label_value(value)
+            .map_err(|why| format!("{path}.matchLabels[{key}]: value {value:?} {why}"))?;
+    }
+    for (i, req) in sel.match_expressions.iter().flatten().enumerate() {
+        let here = format!("{path}.matchExpressions[{i}]");
+        label_key(&req.key).map_err(|why| format!("{here}.key: {:?} {why}", req.key))?;
+        let values = req.values.as_deref().unwrap_or_default();
+        match req.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => {
+                return Err(format!(
+                    "{here}.values: operator {} needs at least one value",
+                    req.operator
+                ));
+            }
+            "Exists" | "DoesNotExist" if !values.is_empty() => {
+                return Err(format!(
+                    "{here}.values: operator {} takes no values",
+                    req.operator
+                ));
+            }
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            other => {
+                return Err(format!(
+                    "{here}.operator: {other:?} is not one of In, NotIn, Exists, DoesNotExist"
+                ));
+            }
+        }
+        for v in values {
+            label_value(v).map_err(|why| format!("{here}.values: {v:?} {why}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// A qualified name: optional DNS-subdomain prefix and '/', then a name of
+/// at most 63 alphanumerics, '-', '_' or '.', starting and ending alphanumeric.
+fn label_key(key: &str) -> Result<(), &'static str> {
+    let name = match key.rsplit_once('/') {
+        Some((prefix, name)) => {
+            let ok = !prefix.is_empty()
+                && prefix.len() <= 253
+                && prefix.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && l.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                });
+            if !ok {
+                return Err("has an invalid prefix (must be a DNS subdomain)");
+            }
+            name
+        }
+        None => key,
+    };
+    if name.is_empty() {
+        return Err("is empty");
+    }
+    label_value(name)
+}
+
+fn label_value(v: &str) -> Result<(), &'static str> {
+    if v.is_empty() {
+        return Ok(());
+    }
+    let edge_ok = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_alphanumeric());
+    if v.len() > 63 {
+        return Err("is longer than 63 characters");
+    }
+    if !edge_ok(v.bytes().next()) || !edge_ok(v.bytes().last()) {
+        return Err("must start and end with a letter or digit");
+    }
+    if !v
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err("may contain only letters, digits, '-', '_' and '.'");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelector {
+        LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: key.into(),
+                operator: op.into(),
+                values: (!values.is_empty())
+                    .then(|| values.iter().map(|v| v.to_string()).collect()),
+            }]),
+            match_labels: None,
+        }
+    }
+
+    #[test]
+    fn selectors_are_checked_like_kubernetes_does() {
+        let cases: &[(LabelSelector, Option<&str>)] = &[
+            (expr("kvmotion.io/zone", "In", &["a", "b"]), None),
+            (expr("gpu", "Exists", &[]), None),
+            (
+                expr("zone", "Near", &["a"]),
+                Some("s.matchExpressions[0].operator: \"Near\""),
+            ),
+            (expr("zone", "In", &[]), Some("needs at least one value")),
+            (expr("zone", "Exists", &["a"]), Some("takes no values")),
+            (
+                expr("bad key!", "Exists", &[]),
+                Some("s.matchExpressions[0].key"),
+            ),
+            (
+                expr("Bad_Prefix/zone", "Exists", &[]),
+                Some("invalid prefix"),
+            ),
+            (expr("zone", "In", &["-a"]), Some("must start and end")),
+        ];
+        for (sel, want) in cases {
+            match (validate(sel, "s"), want) {
+                (Ok(()), None) => {}
+                (Err(got), Some(w)) => assert!(got.contains(w), "{got:?} lacks {w:?}"),
+                (got, want) => panic!("{sel:?}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn match_labels_keys_and_values_are_checked() {
+        let sel = LabelSelector {
+            match_labels: Some([("rack".to_string(), "r 1".to_string())].into()),
+            match_expressions: None,
+        };
+        let err = validate(&sel, "spec.targetSelector").unwrap_err();
+        assert!(
+            err.starts_with("spec.targetSelector.matchLabels[rack]: value \"r 1\""),
+            "{err}"
+        );
+    }
+}

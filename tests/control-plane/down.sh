@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Stops the test control plane started by up.sh and removes its state.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+quiet=false; [ "${1:-}" = --quiet ] && quiet=true
+
+stop() { # stop <pidfile>
+  [ -f "$1" ] || return 0
+  local pid; pid=$(cat "$1")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$1"
+}
+stop "$CP_STATE/kube-apiserver.pid"
+stop "$CP_STATE/etcd.pid"
+rm -rf "$CP_STATE/etcd" "$CP_STATE/kubeconfig" "$CP_STATE/env"
+$quiet || log "stopped"

@@ -1,0 +1,16 @@
+# Shared settings for the control-plane scripts; sourced, never run.
+# Binaries are cached outside the clone so a fresh clone (or CI) rebuilds
+# nothing unless a pinned version changes.
+CP_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$CP_DIR/../.." && pwd)
+# shellcheck source=versions.env
+. "$CP_DIR/versions.env"
+KVMOTION_CACHE=${KVMOTION_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kvmotion}
+KUBE_BIN=$KVMOTION_CACHE/bin/kubernetes-v$K8S_VERSION
+ETCD_BIN=$KVMOTION_CACHE/bin/etcd-v$ETCD_VERSION
+HELM_BIN=$KVMOTION_CACHE/bin/helm-v$HELM_VERSION
+# State of a running control plane: certificates, etcd data, logs, kubeconfig.
+CP_STATE=${CP_STATE:-$REPO_ROOT/target/control-plane}
+
+log() { printf '[control-plane] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }

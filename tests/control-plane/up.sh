@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Starts a real control plane for tests and for people: etcd plus a
+# kube-apiserver with RBAC, a service-account issuer (TokenRequest and
+# TokenReview work) and an admin kubeconfig made from a client certificate.
+# Reuses a control plane that is already up. Writes $CP_STATE/env to source.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+ETCD_PORT=${KVMOTION_ETCD_PORT:-23791}
+ETCD_PEER_PORT=${KVMOTION_ETCD_PEER_PORT:-23792}
+APISERVER_PORT=${KVMOTION_APISERVER_PORT:-26443}
+# Extra addresses the serving certificate must cover (lab nodes reach the
+# apiserver through them). Comma-separated IPs.
+EXTRA_IPS=${KVMOTION_APISERVER_IPS:-}
+KUBECONFIG_FILE=$CP_STATE/kubeconfig
+ENV_FILE=$CP_STATE/env
+
+ready() {
+  [ -f "$KUBECONFIG_FILE" ] && [ -x "$KUBE_BIN/kubectl" ] &&
+    "$KUBE_BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" --request-timeout=3s get --raw /readyz >/dev/null 2>&1
+}
+
+write_env() {
+  cat >"$ENV_FILE" <<ENV
+# Source this file to use the kvmotion test control plane by hand.
+export KUBECONFIG=$KUBECONFIG_FILE
+export PATH=$KUBE_BIN:$HELM_BIN:\$PATH
+ENV
+}
+
+if ready; then
+  write_env
+  log "already running: source $ENV_FILE"
+  exit 0
+fi
+
+command -v openssl >/dev/null || { log "installing openssl"; apt-get install -y -qq openssl >/dev/null; }
+"$CP_DIR/build.sh"
+"$CP_DIR/down.sh" --quiet # clear leftovers of a control plane that died
+
+mkdir -p "$CP_STATE"/{pki,etcd,logs}
+pki=$CP_STATE/pki
+
+# Certificates: one CA signs the serving certificate, a second signs client
+# certificates (admin), a key pair signs service-account tokens.
+gen_ca() { # gen_ca <name> <cn>
+  openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=$2" \
+    -keyout "$pki/$1.key" -out "$pki/$1.crt" 2>/dev/null
+}
+gen_cert() { # gen_cert <name> <ca> <subject> <extfile>
+  openssl req -newkey rsa:2048 -nodes -subj "$3" -keyout "$pki/$1.key" -out "$pki/$1.csr" 2>/dev/null
+  openssl x509 -req -in "$pki/$1.csr" -CA "$pki/$2.crt" -CAkey "$pki/$2.key" -CAcreateserial \
+    -days 3650 -extfile "$4" -out "$pki/$1.crt" 2>/dev/null
+}
+gen_ca serving-ca kvmotion-test-serving-ca
+gen_ca client-ca kvmotion-test-client-ca
+san="DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:127.0.0.1,IP:10.0.0.1"
+for ip in ${EXTRA_IPS//,/ }; do san+=",IP:$ip"; done
+printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\n' "$san" >"$pki/serving.ext"
+gen_cert apiserver serving-ca "/CN=kube-apiserver" "$pki/serving.ext"
+printf 'extendedKeyUsage=clientAuth\n' >"$pki/client.ext"
+gen_cert admin client-ca "/O=system:masters/CN=kvmotion-admin" "$pki/client.ext"
+openssl genrsa -out "$pki/sa.key" 2048 2>/dev/null
+openssl rsa -in "$pki/sa.key" -pubout -out "$pki/sa.pub" 2>/dev/null
+
+log "starting etcd v$ETCD_VERSION on 127.0.0.1:$ETCD_PORT"
+setsid "$ETCD_BIN/etcd" --name kvmotion-test --data-dir "$CP_STATE/etcd" \
+  --listen-client-urls "http://127.0.0.1:$ETCD_PORT" --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+  --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+  --initial-cluster "kvmotion-test=http://127.0.0.1:$ETCD_PEER_PORT" \
+  --unsafe-no-fsync --log-level warn </dev/null >"$CP_STATE/logs/etcd.log" 2>&1 &
+echo $! >"$CP_STATE/etcd.pid"
+
+log "starting kube-apiserver v$K8S_VERSION on https://127.0.0.1:$APISERVER_PORT"
+setsid "$KUBE_BIN/kube-apiserver" \
+  --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+  --secure-port "$APISERVER_PORT" --bind-address 0.0.0.0 --advertise-address 127.0.0.1 \
+  --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+  --client-ca-file "$pki/client-ca.crt" \
+  --authorization-mode RBAC \
+  --service-cluster-ip-range 10.0.0.0/24 \
+  --service-account-issuer "https://127.0.0.1:$APISERVER_PORT" \
+  --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
+  --api-audiences "https://127.0.0.1:$APISERVER_PORT" \
+  --disable-admission-plugins ServiceAccount \
+  --allow-privileged=true --cert-dir "$CP_STATE/pki" \
+  --v 1 </dev/null >"$CP_STATE/logs/kube-apiserver.log" 2>&1 &
+echo $! >"$CP_STATE/kube-apiserver.pid"
+
+"$KUBE_BIN/kubectl" config set-cluster kvmotion-test --kubeconfig "$KUBECONFIG_FILE" \
+  --server "https://127.0.0.1:$APISERVER_PORT" --certificate-authority "$pki/serving-ca.crt" --embed-certs >/dev/null
+"$KUBE_BIN/kubectl" config set-credentials admin --kubeconfig "$KUBECONFIG_FILE" \
+  --client-certificate "$pki/admin.crt" --client-key "$pki/admin.key" --embed-certs >/dev/null
+"$KUBE_BIN/kubectl" config set-context kvmotion-test --kubeconfig "$KUBECONFIG_FILE" \
+  --cluster kvmotion-test --user admin >/dev/null
+"$KUBE_BIN/kubectl" config use-context kvmotion-test --kubeconfig "$KUBECONFIG_FILE" >/dev/null
+
+for _ in $(seq 1 120); do
+  if ready; then
+    write_env
+    log "ready: source $ENV_FILE"
+    exit 0
+  fi
+  kill -0 "$(cat "$CP_STATE/kube-apiserver.pid")" 2>/dev/null || break
+  sleep 0.5
+done
+log "kube-apiserver did not become ready; last log lines:"
+tail -n 20 "$CP_STATE/logs/kube-apiserver.log" >&2 || true
+tail -n 5 "$CP_STATE/logs/etcd.log" >&2 || true
+exit 1
