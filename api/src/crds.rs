@@ -1,20 +1,53 @@
 //! The CustomResourceDefinitions, rendered to the YAML committed in `crds/`.
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray,
+};
 use kube::CustomResourceExt;
 
 use crate::{Hypervisor, MigrationPolicy, VirtualMachineMigration};
 
 /// Every kvmotion CRD with the file name it is committed under in `crds/`.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
-    vec![
+    let mut crds = vec![
         (
             "virtualmachinemigrations.yaml",
             VirtualMachineMigration::crd(),
         ),
         ("migrationpolicies.yaml", MigrationPolicy::crd()),
         ("hypervisors.yaml", Hypervisor::crd()),
-    ]
+    ];
+    for (_, crd) in &mut crds {
+        for version in &mut crd.spec.versions {
+            let schema = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut());
+            if let Some(schema) = schema {
+                drop_unsigned_formats(schema);
+            }
+        }
+    }
+    crds
+}
+
+/// schemars marks Rust's unsigned integers `format: uint32` and the like,
+/// which Kubernetes does not know and warns about on every apply; the
+/// schema's `minimum: 0` already says what the format meant.
+fn drop_unsigned_formats(schema: &mut JSONSchemaProps) {
+    if schema
+        .format
+        .as_deref()
+        .is_some_and(|f| f.starts_with("uint"))
+    {
+        schema.format = None;
+    }
+    for prop in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        drop_unsigned_formats(prop);
+    }
+    if let Some(JSONSchemaPropsOrArray::Schema(items)) = schema.items.as_mut() {
+        drop_unsigned_formats(items);
+    }
 }
 
 /// Errors of rendering a CRD.

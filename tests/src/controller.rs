@@ -1,0 +1,134 @@
+//! Runs the real `kvmotion-controller` binary as a process against the test
+//! control plane.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::OnceLock;
+
+use tokio::process::{Child, Command};
+
+use crate::control_plane::ControlPlane;
+
+/// A controller process, killed when dropped.
+pub struct ControllerProcess {
+    child: Child,
+    /// Where it serves /healthz, /readyz and /metrics.
+    pub http_addr: SocketAddr,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+/// Builds the controller binary once per test binary and returns its path.
+pub fn controller_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "kvmotion-controller",
+                "--bin",
+                "kvmotion-controller",
+            ])
+            .current_dir(crate::repo_root())
+            .status()
+            .expect("running cargo build");
+        assert!(status.success(), "building kvmotion-controller failed");
+        // Test binaries live in <target>/<profile>/deps.
+        let exe = std::env::current_exe().expect("current exe");
+        let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+        profile_dir.join("kvmotion-controller")
+    })
+    .clone()
+}
+
+/// A free local port (bound, then released for the child to take).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl ControllerProcess {
+    /// Starts a controller with its own Lease `lease` and identity; `extra`
+    /// flags are appended.
+    pub fn start(
+        cp: &ControlPlane,
+        lease_namespace: &str,
+        lease: &str,
+        identity: &str,
+        extra: &[&str],
+    ) -> Self {
+        let http_addr: SocketAddr = format!("127.0.0.1:{}", free_port())
+            .parse()
+            .expect("address");
+        let log_dir = crate::repo_root().join("target/test-logs");
+        std::fs::create_dir_all(&log_dir).expect("log dir");
+        let log = log_dir.join(format!("{identity}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(controller_binary())
+            .arg("--kubeconfig")
+            .arg(&cp.kubeconfig)
+            .args(["--http-addr", &http_addr.to_string()])
+            .args([
+                "--lease-namespace",
+                lease_namespace,
+                "--lease-name",
+                lease,
+                "--identity",
+                identity,
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info,kvmotion_controller=debug")
+            .stdout(Stdio::from(file.try_clone().expect("log file")))
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting kvmotion-controller");
+        ControllerProcess {
+            child,
+            http_addr,
+            log,
+        }
+    }
+
+    /// GETs one of its HTTP endpoints.
+    pub async fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
+        crate::http::get(self.http_addr, path).await
+    }
+
+    /// The value of an unlabelled metric, or of the first series starting
+    /// with `series` (which may include labels).
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = self.get("/metrics").await.ok()?;
+        body.lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its exit code.
+    pub async fn terminate(&mut self) -> Option<i32> {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        self.child.wait().await.ok().and_then(|s| s.code())
+    }
+
+    /// Kills the process at once (SIGKILL), like a crashed node.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// The log so far, for assertion messages.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
