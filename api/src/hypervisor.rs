@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 /// A hypervisor node as its agent sees it: versions, CPU, memory, the
 /// address migrations reach it on, and the domains it runs. Named after the
 /// Kubernetes node. The spec belongs to operators, the status to the agent.
+// Repeated `type_ = …` inside separate printcolumn(...) entries is not a
+// duplicated attribute; clippy cannot see into kube's helper attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "kvmotion.io",

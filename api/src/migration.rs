@@ -12,6 +12,9 @@ use crate::tuning::MigrationTuning;
 /// Moves one libvirt VM from its node to another. The spec is fixed once
 /// created (except `forceComplete`); the controller reports every step in
 /// status. Deleting an in-flight migration cancels it.
+// Repeated `type_ = …` inside separate printcolumn(...) entries is not a
+// duplicated attribute; clippy cannot see into kube's helper attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "kvmotion.io",

@@ -9,6 +9,9 @@ use crate::tuning::MigrationTuning;
 
 /// Defaults for migrations that name this policy (or for all of them, when
 /// marked isDefault). A migration's own overrides win over these.
+// Repeated `type_ = …` inside separate printcolumn(...) entries is not a
+// duplicated attribute; clippy cannot see into kube's helper attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "kvmotion.io",

@@ -137,3 +137,20 @@ impl ControlPlane {
         );
     }
 }
+
+impl ControlPlane {
+    /// Creates namespace `name` unless it exists (namespaces are never
+    /// deleted here: the test control plane runs no namespace controller).
+    pub fn ensure_namespace(&self, name: &str) {
+        let exists = self.kubectl(&["get", "namespace", name, "-o", "name"], None);
+        if exists.ok {
+            return;
+        }
+        let out = self.kubectl(&["create", "namespace", name], None);
+        assert!(
+            out.ok || out.stderr.contains("AlreadyExists"),
+            "creating namespace {name}: {}",
+            out.stderr
+        );
+    }
+}
