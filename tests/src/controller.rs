@@ -132,3 +132,25 @@ impl ControllerProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
+
+impl ControllerProcess {
+    /// Waits until the process serves /readyz with 200.
+    pub async fn wait_ready(&self) {
+        crate::eventually(
+            std::time::Duration::from_secs(30),
+            "/readyz to answer 200",
+            || async { matches!(self.get("/readyz").await, Ok((200, _))).then_some(()) },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.log_text()));
+    }
+
+    /// Waits until the process reports holding the leader Lease.
+    pub async fn wait_leading(&self, within: std::time::Duration) {
+        crate::eventually(within, "the leader gauge to read 1", || async {
+            (self.metric("kvmotion_controller_leader").await == Some(1.0)).then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.log_text()));
+    }
+}

@@ -145,21 +145,9 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_stops() {
     let scope = Scope::new("leader-election");
     let lease = scope.name("lease");
     let mut first = start(&scope, &lease, "first", &[]);
-    eventually(
-        Duration::from_secs(30),
-        "the first controller to lead",
-        || async { (first.metric("kvmotion_controller_leader").await == Some(1.0)).then_some(()) },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", first.log_text()));
+    first.wait_leading(Duration::from_secs(30)).await;
     let second = start(&scope, &lease, "second", &[]);
-    eventually(
-        Duration::from_secs(30),
-        "the standby to be ready",
-        || async { matches!(second.get("/readyz").await, Ok((200, _))).then_some(()) },
-    )
-    .await
-    .unwrap();
+    second.wait_ready().await;
 
     let before = create(&scope, "while-first-leads", json!({"vm": {"name": "a"}}));
     wait_for_phase(&scope, &before, "Pending").await;
@@ -184,11 +172,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_stops() {
         "the leader exits cleanly:\n{}",
         first.log_text()
     );
-    eventually(Duration::from_secs(20), "the standby to lead", || async {
-        (second.metric("kvmotion_controller_leader").await == Some(1.0)).then_some(())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", second.log_text()));
+    second.wait_leading(Duration::from_secs(20)).await;
     let after = create(&scope, "after-takeover", json!({"vm": {"name": "b"}}));
     wait_for_phase(&scope, &after, "Pending").await;
     assert!(second.metric(ok).await.unwrap_or(0.0) >= 1.0);
@@ -205,30 +189,12 @@ async fn a_crashed_leader_is_replaced_once_its_lease_expires() {
         "1",
     ];
     let mut first = start(&scope, &lease, "first", &short);
-    eventually(
-        Duration::from_secs(30),
-        "the first controller to lead",
-        || async { (first.metric("kvmotion_controller_leader").await == Some(1.0)).then_some(()) },
-    )
-    .await
-    .unwrap();
+    first.wait_leading(Duration::from_secs(30)).await;
     let second = start(&scope, &lease, "second", &short);
-    eventually(
-        Duration::from_secs(30),
-        "the standby to be ready",
-        || async { matches!(second.get("/readyz").await, Ok((200, _))).then_some(()) },
-    )
-    .await
-    .unwrap();
+    second.wait_ready().await;
     assert_eq!(second.metric("kvmotion_controller_leader").await, Some(0.0));
     first.kill().await; // no chance to release the Lease
-    eventually(
-        Duration::from_secs(30),
-        "the standby to lead after expiry",
-        || async { (second.metric("kvmotion_controller_leader").await == Some(1.0)).then_some(()) },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", second.log_text()));
+    second.wait_leading(Duration::from_secs(30)).await;
     let name = create(&scope, "after-crash", json!({"vm": {"name": "c"}}));
     wait_for_phase(&scope, &name, "Pending").await;
 }
