@@ -5,7 +5,7 @@ CARGO ?= cargo
 CP := tests/control-plane
 
 .PHONY: help build crds crds-check lint unit test integration \
-        control-plane-build control-plane-up control-plane-down clean
+        control-plane-build control-plane-up control-plane-down lab-up lab-down clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -45,6 +45,12 @@ control-plane-up: ## Start (or reuse) the test control plane; then: source targe
 
 control-plane-down: ## Stop the test control plane and delete its data
 	$(CP)/down.sh
+
+lab-up: ## Start the two-node libvirt lab (root; installs libvirt/QEMU, builds the guest)
+	tests/lab/lab.sh up
+
+lab-down: ## Stop the lab: guests, libvirtds, namespaces, state
+	tests/lab/lab.sh down
 
 clean: control-plane-down ## Stop everything and remove build output
 	$(CARGO) clean

@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# The two-node libvirt lab: two libvirtd "hypervisors" on this machine, each
+# in its own network, mount and UTS namespace with its own config, state,
+# host UUID, address and TCP listener.
+#
+#   migration network  node-a 10.99.0.1 <--veth--> node-b 10.99.0.2   (cut/restore)
+#   management network node-a 10.98.0.1, node-b 10.98.0.2, host 10.98.0.254 (bridge)
+#
+# A directory at the same path on both nodes stands in for NFS (declared
+# shared to QEMU); each node also has a node-local image directory, mounted
+# at the same path but backed by its own storage.
+#
+# Usage: lab.sh up | down | status | exec NODE CMD... | virsh NODE ARGS... |
+#        cut | restore | kill-libvirtd NODE | start-libvirtd NODE | guest-dir
+set -euo pipefail
+LAB_DIR=$(cd "$(dirname "$0")" && pwd)
+LAB=${KVMOTION_LAB_DIR:-/var/lib/kvmotion-lab}
+SHARED=$LAB/shared            # same path on both nodes
+LOCAL=/var/lib/kvmotion-local # same path, different storage per node
+NODES=(node-a node-b)
+declare -A MIG_IP=([node-a]=10.99.0.1 [node-b]=10.99.0.2)
+declare -A MGMT_IP=([node-a]=10.98.0.1 [node-b]=10.98.0.2)
+declare -A UUID=([node-a]=6b0a7e2c-1d1e-4c51-9a11-0000000000a1 [node-b]=6b0a7e2c-1d1e-4c51-9a11-0000000000b2)
+HOST_IP=10.98.0.254
+BRIDGE=kvmlab-br0
+
+log() { printf '[lab] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+node_dir() { echo "$LAB/nodes/$1"; }
+pid_of() { cat "$(node_dir "$1")/libvirtd.pid" 2>/dev/null || true; }
+alive() { local p; p=$(pid_of "$1"); [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+check_node() { [[ " ${NODES[*]} " == *" $1 "* ]] || die "unknown node '$1' (node-a or node-b)"; }
+
+# Runs a command inside NODE's namespaces (network, mount, UTS), where the
+# node's libvirt dirs and local image dir are mounted.
+node_exec() {
+  local node=$1; shift
+  alive "$node" || die "$node's libvirtd is not running (lab.sh up)"
+  nsenter -t "$(pid_of "$node")" -m -n -u -- "$@"
+}
+
+write_config() { # write_config NODE
+  local node=$1 d; d=$(node_dir "$1")
+  mkdir -p "$d"/{etc/libvirt,run/libvirt,var/lib/libvirt,var/cache/libvirt,var/log/libvirt/qemu,local}
+  cp -rn /etc/libvirt/. "$d/etc/libvirt/"
+  cat >"$d/etc/libvirt/libvirtd.conf" <<CONF
+listen_tls = 0
+listen_tcp = 1
+listen_addr = "${MIG_IP[$node]}"
+auth_tcp = "none"
+auth_unix_rw = "none"
+unix_sock_group = "root"
+unix_sock_rw_perms = "0770"
+host_uuid = "${UUID[$node]}"
+keepalive_interval = 5
+log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
+CONF
+  cat >"$d/etc/libvirt/qemu.conf" <<CONF
+user = "root"
+group = "root"
+dynamic_ownership = 0
+remember_owner = 0
+security_driver = "none"
+namespaces = [ ]
+cgroup_controllers = [ ]
+stdio_handler = "file"
+migration_address = "${MIG_IP[$node]}"
+migration_host = "${MIG_IP[$node]}"
+shared_filesystems = [ "$SHARED" ]
+CONF
+  cat >"$d/init.sh" <<INIT
+#!/bin/sh
+# Runs in $node's fresh network, mount and UTS namespaces.
+set -e
+hostname $node
+mount --make-rslave /
+for p in /etc/libvirt /run/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/libvirt; do
+  mkdir -p "\$p"; mount --bind "$d\$p" "\$p"
+done
+mkdir -p $LOCAL; mount --bind "$d/local" $LOCAL
+ip link set lo up
+exec libvirtd --listen --config /etc/libvirt/libvirtd.conf --pid-file /run/libvirt/libvirtd.pid
+INIT
+  chmod +x "$d/init.sh"
+}
+
+start_libvirtd() { # start_libvirtd NODE
+  local node=$1 d; d=$(node_dir "$1")
+  alive "$node" && return 0
+  setsid ip netns exec "$node" unshare --mount --uts --propagation slave "$d/init.sh" \
+    </dev/null >"$d/libvirtd.out" 2>&1 &
+  echo $! >"$d/libvirtd.pid"
+  for _ in $(seq 1 100); do
+    [ -S "$d/run/libvirt/libvirt-sock" ] && virsh -c "qemu+unix:///system?socket=$d/run/libvirt/libvirt-sock" version >/dev/null 2>&1 && return 0
+    alive "$node" || break
+    sleep 0.1
+  done
+  cat "$d/libvirtd.out" >&2 || true
+  die "$node's libvirtd did not start"
+}
+
+kill_libvirtd() { # kill_libvirtd NODE: SIGKILL, as a crash (guests keep running)
+  local p; p=$(pid_of "$1")
+  [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true
+  rm -f "$(node_dir "$1")/run/libvirt/libvirt-sock"
+}
+
+net_up() {
+  for node in "${NODES[@]}"; do
+    ip netns list | grep -qw "$node" || ip netns add "$node"
+    ip -n "$node" link set lo up
+  done
+  if ! ip -n node-a link show mig0 >/dev/null 2>&1; then
+    ip link add mig-a type veth peer name mig-b
+    ip link set mig-a netns node-a name mig0
+    ip link set mig-b netns node-b name mig0
+    for node in "${NODES[@]}"; do
+      ip -n "$node" addr add "${MIG_IP[$node]}/24" dev mig0
+      ip -n "$node" link set mig0 up
+    done
+  fi
+  if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+    ip link add "$BRIDGE" type bridge
+    ip addr add "$HOST_IP/24" dev "$BRIDGE"
+    ip link set "$BRIDGE" up
+  fi
+  for node in "${NODES[@]}"; do
+    local host_end="mg-${node#node-}"
+    if ! ip link show "$host_end" >/dev/null 2>&1; then
+      ip link add "$host_end" type veth peer name mgmt0 netns "$node"
+      ip link set "$host_end" master "$BRIDGE" up
+      ip -n "$node" addr add "${MGMT_IP[$node]}/24" dev mgmt0
+      ip -n "$node" link set mgmt0 up
+    fi
+  done
+}
+
+net_down() {
+  for node in "${NODES[@]}"; do ip netns del "$node" 2>/dev/null || true; done
+  ip link del "$BRIDGE" 2>/dev/null || true
+}
+
+cmd_up() {
+  [ "$(id -u)" = 0 ] || die "the lab needs root (network namespaces, libvirtd)"
+  "$LAB_DIR/install.sh"
+  mkdir -p "$SHARED"
+  net_up
+  for node in "${NODES[@]}"; do
+    write_config "$node"
+    start_libvirtd "$node"
+  done
+  "$LAB_DIR/guest/build.sh" >"$LAB/guest-dir"
+  log "up: node-a ${MIG_IP[node-a]}, node-b ${MIG_IP[node-b]}; shared dir $SHARED; guest $(cat "$LAB/guest-dir")"
+}
+
+cmd_down() {
+  for node in "${NODES[@]}"; do
+    if alive "$node"; then
+      # Destroy guests first: libvirtd's death leaves QEMU running.
+      for dom in $(node_exec "$node" virsh list --name 2>/dev/null); do
+        node_exec "$node" virsh destroy "$dom" >/dev/null 2>&1 || true
+      done
+    fi
+    kill_libvirtd "$node"
+    # QEMU processes of this node that outlived their libvirtd.
+    pkill -9 -f "qemu-system.*$(node_dir "$node")" 2>/dev/null || true
+  done
+  pkill -9 -f "qemu-system.*kvmotion-lab" 2>/dev/null || true
+  net_down
+  rm -rf "$LAB"
+  log "down"
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status)
+    for node in "${NODES[@]}"; do
+      if alive "$node"; then echo "$node: libvirtd pid $(pid_of "$node"), $(node_exec "$node" virsh list --name | grep -c . || true) running domain(s)"
+      else echo "$node: down"; fi
+    done ;;
+  exec) shift; check_node "${1:-}"; node=$1; shift; node_exec "$node" "$@" ;;
+  virsh) shift; check_node "${1:-}"; node=$1; shift; node_exec "$node" virsh "$@" ;;
+  socket) shift; check_node "${1:-}"; echo "$(node_dir "$1")/run/libvirt/libvirt-sock" ;;
+  cut) ip netns exec node-a ip link set mig0 down; ip netns exec node-b ip link set mig0 down ;;
+  restore) ip netns exec node-a ip link set mig0 up; ip netns exec node-b ip link set mig0 up ;;
+  kill-libvirtd) shift; check_node "${1:-}"; kill_libvirtd "$1" ;;
+  start-libvirtd) shift; check_node "${1:-}"; start_libvirtd "$1" ;;
+  guest-dir) cat "$LAB/guest-dir" ;;
+  *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
