@@ -1,6 +1,7 @@
 //! kvmotion's API: the custom resources, their phases and conditions, shared by
 //! the controller, the agent and the tests. Pure types, no I/O.
 
+pub mod agent;
 pub mod condition;
 pub mod crds;
 pub mod hypervisor;

@@ -1,0 +1,436 @@
+//! The source side of a migration: checks, the libvirt job on a blocking
+//! thread, and the monitor that samples it, applies the convergence policy,
+//! honours abort and force-complete, and reports progress.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use kvmotion_api::agent::{DomainRef, JobPhase, JobStatus, ResolvedTuning, StartRequest};
+use kvmotion_api::hypervisor::{DomainInfo, DomainState};
+use kvmotion_api::migration::{MigrationMode, MigrationResult};
+use kvmotion_api::tuning::Compression;
+use tracing::{info, warn};
+
+use super::convergence::{self, Action, Policy, Tracker};
+use super::{Engine, Job, progress};
+use crate::error::{Error, blocking};
+use crate::libvirt::{FinalStats, LibvirtEvent, MigrateCall};
+
+/// How a job ended, before it is written to the job's status.
+pub(crate) struct Outcome {
+    pub phase: JobPhase,
+    pub reason: Option<&'static str>,
+    pub message: Option<String>,
+    pub result: Option<MigrationResult>,
+}
+
+impl Engine {
+    /// Starts migration `id` of `req.vm` to the prepared target. Repeating
+    /// the call returns the job's current status.
+    pub async fn start(self: &Arc<Self>, id: &str, req: StartRequest) -> Result<JobStatus, Error> {
+        if let Ok(job) = self.job(id) {
+            return Ok(job.status());
+        }
+        if req.target_node == self.config.node {
+            return Err(Error::SameNode {
+                node: self.config.node.clone(),
+            });
+        }
+        let lv = self.lv.clone();
+        let vm = req.vm.clone();
+        let info =
+            blocking(move || lv.domain(&vm))
+                .await?
+                .ok_or_else(|| Error::DomainNotFound {
+                    vm: req.vm.to_string(),
+                    node: self.config.node.clone(),
+                })?;
+        check_mode(&info, req.mode)?;
+        let vm = DomainRef {
+            name: Some(info.name.clone()),
+            uuid: Some(info.uuid.clone()),
+        };
+        let (job, new) = self.register(id, vm)?;
+        if new {
+            info!(migration = id, vm = %info.name, target = %req.target_node, mode = ?req.mode, "starting migration");
+            let engine = self.clone();
+            let job2 = job.clone();
+            tokio::spawn(async move { engine.run(job2, req, info).await });
+        }
+        Ok(job.status())
+    }
+
+    /// Requests an abort; the monitor carries it out. Not possible once the
+    /// job switched to post-copy (the guest already runs on the target).
+    pub fn abort(&self, id: &str) -> Result<JobStatus, Error> {
+        let job = self.job(id)?;
+        let status = job.status();
+        if status.phase.is_final() {
+            return Ok(status);
+        }
+        if status.progress.mode == kvmotion_api::migration::TransferMode::PostCopy {
+            return Err(Error::Conflict(format!(
+                "migration {id} is in post-copy: the guest already runs on the target and cannot be pulled back"
+            )));
+        }
+        job.abort_requested.store(true, Ordering::SeqCst);
+        job.wake.notify_one();
+        Ok(job.status())
+    }
+
+    /// Requests completion now: post-copy when allowed, else pause.
+    pub fn force_complete(&self, id: &str) -> Result<JobStatus, Error> {
+        let job = self.job(id)?;
+        if !job.status().phase.is_final() {
+            job.force_requested.store(true, Ordering::SeqCst);
+            job.wake.notify_one();
+        }
+        Ok(job.status())
+    }
+
+    async fn run(self: Arc<Self>, job: Arc<Job>, req: StartRequest, info: DomainInfo) {
+        let outcome = match (req.mode, info.state) {
+            (MigrationMode::Live, _) => self.run_libvirt_job(&job, &req, true, false).await,
+            (MigrationMode::Offline, DomainState::ShutOff) => {
+                self.run_offline_defined(&job, &req).await
+            }
+            (MigrationMode::Offline, _) => self.run_offline_running(&job, &req).await,
+        };
+        let outcome = outcome.unwrap_or_else(|e| Outcome {
+            phase: JobPhase::Failed,
+            reason: Some(e.reason()),
+            message: Some(crate::error::chain(&e)),
+            result: None,
+        });
+        let vm_node = self.locate(&job.vm, &req.target_node, outcome.phase).await;
+        info!(migration = %job.id, phase = ?outcome.phase, reason = ?outcome.reason, vm_node = ?vm_node, "migration ended");
+        job.update(|s| {
+            s.phase = outcome.phase;
+            s.reason = outcome.reason.map(String::from);
+            s.message = outcome.message;
+            s.vm_node = vm_node;
+            if let Some(r) = outcome.result {
+                s.result = Some(r);
+                s.progress.percent = 100;
+                s.progress.data_remaining_bytes = 0;
+                s.progress.eta_seconds = Some(0);
+            }
+        });
+    }
+
+    /// Where the VM is after the job: here when it still runs (or is
+    /// defined) here, the target when the job completed.
+    async fn locate(&self, vm: &DomainRef, target: &str, phase: JobPhase) -> Option<String> {
+        let lv = self.lv.clone();
+        let vm = vm.clone();
+        match blocking(move || lv.domain(&vm)).await {
+            Ok(Some(d)) if d.state != DomainState::ShutOff || phase != JobPhase::Completed => {
+                Some(self.config.node.clone())
+            }
+            Ok(_) if phase == JobPhase::Completed => Some(target.to_string()),
+            Ok(_) => None,
+            Err(e) => {
+                warn!(error = %e, "cannot tell whether the VM is still here");
+                None
+            }
+        }
+    }
+
+    /// Runs one libvirt migration job and monitors it until it ends.
+    /// `live` keeps the guest running; `disks_synced` says local disks were
+    /// already copied by the agents (so libvirt must not refuse them).
+    pub(crate) async fn run_libvirt_job(
+        &self,
+        job: &Arc<Job>,
+        req: &StartRequest,
+        live: bool,
+        disks_synced: bool,
+    ) -> Result<Outcome, Error> {
+        let policy = Policy::from(&req.tuning);
+        let vm = job.vm.clone();
+        let uuid = vm.uuid.clone().unwrap_or_default();
+        let mut events = self.lv.subscribe();
+        let lv = self.lv.clone();
+        let (vm2, first) = (vm.clone(), convergence::initial_downtime(&policy));
+        if let Err(e) = blocking(move || lv.set_max_downtime(&vm2, first)).await {
+            warn!(migration = %job.id, error = %e, "could not set the initial downtime");
+        }
+        let call = migrate_call(req, live, disks_synced);
+        job.update(|s| s.phase = JobPhase::Running);
+        let started = Instant::now();
+        let lv = self.lv.clone();
+        let vm2 = vm.clone();
+        let mut migration = tokio::task::spawn_blocking(move || lv.migrate(&vm2, &call));
+        let mut ticker = tokio::time::interval(self.config.poll);
+        let mut tracker = Tracker::default();
+        let mut final_stats: Option<FinalStats> = None;
+        let mut policy_abort: Option<convergence::AbortReason> = None;
+        let (mut abort_sent, mut force_sent, mut we_paused) = (false, false, false);
+        let result = loop {
+            tokio::select! {
+                r = &mut migration => break r,
+                _ = ticker.tick() => {}
+                _ = job.wake.notified() => {}
+                ev = events.recv() => {
+                    if let Ok(LibvirtEvent::JobCompleted { uuid: u, stats }) = ev && u == uuid {
+                        final_stats = Some(stats);
+                    }
+                    continue;
+                }
+            }
+            if job.abort_requested.load(Ordering::SeqCst) && !abort_sent {
+                abort_sent = true;
+                self.act(
+                    job,
+                    Action::Abort(convergence::AbortReason::ProgressTimeout),
+                    "Abort(requested)",
+                )
+                .await;
+            }
+            if job.force_requested.load(Ordering::SeqCst) && !force_sent {
+                force_sent = true;
+                let action = if req.tuning.post_copy {
+                    Action::StartPostCopy
+                } else {
+                    Action::Pause
+                };
+                we_paused |= action == Action::Pause;
+                self.act(job, action, "").await;
+                tracker.escalated = true;
+            }
+            let lv = self.lv.clone();
+            let vm2 = vm.clone();
+            let Ok(Some(sample)) = blocking(move || lv.job(&vm2)).await else {
+                continue;
+            };
+            let d = convergence::decide(tracker, &sample, started.elapsed(), &policy);
+            tracker = d.tracker;
+            if let Action::Abort(reason) = d.action {
+                policy_abort = Some(reason);
+            }
+            we_paused |= d.action == Action::Pause;
+            if d.action != Action::Continue {
+                self.act(job, d.action, "").await;
+            }
+            let lv = self.lv.clone();
+            let vm2 = vm.clone();
+            let throttle = if req.tuning.auto_converge {
+                blocking(move || lv.job_throttle(&vm2)).await.ok().flatten()
+            } else {
+                None
+            };
+            job.update(|s| s.progress = progress::report(s.progress.percent, &sample, throttle));
+        };
+        let wall = started.elapsed();
+        let result = result.map_err(|e| Error::Task(e.to_string()))?;
+        match result {
+            Ok(()) => {
+                // The job-completed event may trail the call's return.
+                if final_stats.is_none() {
+                    final_stats =
+                        wait_for_completion(&mut events, &uuid, Duration::from_secs(2)).await;
+                }
+                let stats = final_stats.unwrap_or(FinalStats {
+                    elapsed: wall,
+                    ..Default::default()
+                });
+                Ok(Outcome {
+                    phase: JobPhase::Completed,
+                    reason: None,
+                    message: None,
+                    result: Some(MigrationResult {
+                        duration_ms: millis(if stats.elapsed.is_zero() {
+                            wall
+                        } else {
+                            stats.elapsed
+                        }),
+                        downtime_ms: millis(stats.downtime),
+                        data_transferred_bytes: stats.data_processed,
+                    }),
+                })
+            }
+            Err(e) => {
+                if we_paused {
+                    // Never leave the guest stopped: it stays on the source, running.
+                    let lv = self.lv.clone();
+                    let vm2 = vm.clone();
+                    if let Err(re) = blocking(move || lv.resume(&vm2)).await {
+                        warn!(migration = %job.id, error = %re, "could not resume the guest after a failed migration");
+                    }
+                }
+                let (phase, reason, message) = if abort_sent {
+                    (
+                        JobPhase::Aborted,
+                        "Aborted",
+                        "aborted on request; the VM keeps running on the source".to_string(),
+                    )
+                } else if let Some(r) = policy_abort {
+                    (
+                        JobPhase::Failed,
+                        r.as_str(),
+                        format!(
+                            "the convergence policy aborted the migration ({}); the VM keeps running on the source",
+                            r.as_str()
+                        ),
+                    )
+                } else {
+                    (JobPhase::Failed, "MigrationFailed", e.to_string())
+                };
+                Ok(Outcome {
+                    phase,
+                    reason: Some(reason),
+                    message: Some(message),
+                    result: None,
+                })
+            }
+        }
+    }
+
+    /// Carries out one policy or request action and records it.
+    async fn act(&self, job: &Job, action: Action, label: &str) {
+        let lv = self.lv.clone();
+        let vm = job.vm.clone();
+        let r = match action {
+            Action::Continue => return,
+            Action::SetMaxDowntime(d) => blocking(move || lv.set_max_downtime(&vm, d)).await,
+            Action::StartPostCopy => blocking(move || lv.start_post_copy(&vm)).await,
+            Action::Pause => blocking(move || lv.suspend(&vm)).await,
+            Action::Abort(_) => blocking(move || lv.abort_job(&vm)).await,
+        };
+        let name = if label.is_empty() {
+            format!("{action:?}")
+        } else {
+            label.to_string()
+        };
+        match r {
+            Ok(()) => info!(migration = %job.id, action = %name, "convergence action"),
+            Err(e) => {
+                warn!(migration = %job.id, action = %name, error = %e, "convergence action failed")
+            }
+        }
+        job.update(|s| s.actions.push(name));
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn wait_for_completion(
+    events: &mut tokio::sync::broadcast::Receiver<LibvirtEvent>,
+    uuid: &str,
+    within: Duration,
+) -> Option<FinalStats> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Ok(LibvirtEvent::JobCompleted { uuid: u, stats })) if u == uuid => {
+                return Some(stats);
+            }
+            Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => continue,
+            Ok(Err(_)) | Err(_) => return None,
+        }
+    }
+}
+
+/// The mode's requirements on the domain's state.
+fn check_mode(info: &DomainInfo, mode: MigrationMode) -> Result<(), Error> {
+    let ok = match (mode, info.state) {
+        (
+            MigrationMode::Live,
+            DomainState::Running | DomainState::Blocked | DomainState::Paused,
+        ) => true,
+        (MigrationMode::Live, _) => false,
+        (
+            MigrationMode::Offline,
+            DomainState::Running | DomainState::Blocked | DomainState::Paused,
+        ) => true,
+        (MigrationMode::Offline, DomainState::ShutOff) => info.persistent,
+        (MigrationMode::Offline, _) => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(Error::DomainState {
+        vm: info.name.clone(),
+        state: format!("{:?}", info.state),
+        needed: match mode {
+            MigrationMode::Live => {
+                "live migration needs a running domain; use mode Offline for a shut-off one"
+            }
+            MigrationMode::Offline => {
+                "offline migration needs a running, paused, or defined shut-off domain"
+            }
+        },
+    })
+}
+
+/// libvirt's view of the request.
+fn migrate_call(req: &StartRequest, live: bool, disks_synced: bool) -> MigrateCall {
+    let t: &ResolvedTuning = &req.tuning;
+    MigrateCall {
+        dest_libvirt_uri: req.target.libvirt_uri.clone(),
+        dest_migration_uri: req.target.migration_uri.clone(),
+        live,
+        offline: false,
+        bandwidth_mibps: u64::from(t.bandwidth_mibps),
+        post_copy: t.post_copy && live,
+        auto_converge: t.auto_converge && live,
+        parallel_connections: t.parallel_connections,
+        compression: match t.compression {
+            Compression::None => None,
+            Compression::Xbzrle => Some("xbzrle".into()),
+            Compression::Zstd => Some("zstd".into()),
+            Compression::Zlib => Some("zlib".into()),
+        },
+        tls: t.tls,
+        copy_disks: if disks_synced {
+            Vec::new()
+        } else {
+            req.disks
+                .iter()
+                .filter(|d| d.copy)
+                .map(|d| d.target.clone())
+                .collect()
+        },
+        disks_synced,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn domain(state: DomainState, persistent: bool) -> DomainInfo {
+        DomainInfo {
+            name: "hb".into(),
+            state,
+            persistent,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn each_mode_accepts_only_the_states_it_can_move() {
+        use DomainState::*;
+        use MigrationMode::*;
+        let cases = [
+            (Live, Running, true, true),
+            (Live, Paused, true, true),
+            (Live, ShutOff, true, false),
+            (Live, Crashed, true, false),
+            (Offline, Running, true, true),
+            (Offline, ShutOff, true, true),
+            (Offline, ShutOff, false, false),
+            (Offline, Crashed, true, false),
+        ];
+        for (mode, state, persistent, ok) in cases {
+            assert_eq!(
+                check_mode(&domain(state, persistent), mode).is_ok(),
+                ok,
+                "{mode:?} {state:?} persistent={persistent}"
+            );
+        }
+    }
+}

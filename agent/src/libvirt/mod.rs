@@ -1,0 +1,148 @@
+//! libvirt behind a small trait: what the agent needs from the hypervisor,
+//! nothing more. `virt_impl` is the real implementation on the `virt`
+//! crate; the two-node lab is its test bed. Every method blocks: callers run
+//! them on `spawn_blocking`.
+
+pub mod events;
+pub mod virt_impl;
+pub mod xml;
+
+use std::time::Duration;
+
+use kvmotion_api::agent::DomainRef;
+use kvmotion_api::hypervisor::{DomainInfo, HostCpu, HostMemory};
+
+use crate::engine::convergence::JobSample;
+
+pub use events::LibvirtEvent;
+
+/// Facts about the host, for the inventory and for prepare checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostFacts {
+    /// libvirt daemon version, "11.3.0".
+    pub libvirt_version: String,
+    /// QEMU version, "10.0.2".
+    pub qemu_version: String,
+    /// Host CPU.
+    pub cpu: HostCpu,
+    /// Host memory.
+    pub memory: HostMemory,
+}
+
+/// libvirt's verdict on running a guest CPU on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuCompat {
+    /// The host offers everything the guest CPU needs.
+    Compatible,
+    /// Something the guest needs is missing here.
+    Incompatible,
+}
+
+/// How to migrate, in libvirt's terms.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MigrateCall {
+    /// Target daemon, e.g. "qemu+tcp://10.99.0.2/system".
+    pub dest_libvirt_uri: String,
+    /// Migration stream address, e.g. "tcp://10.99.0.2".
+    pub dest_migration_uri: String,
+    /// Keep the guest running while copying (else paused during the move).
+    pub live: bool,
+    /// Move only the definition of a shut-off domain.
+    pub offline: bool,
+    /// Bandwidth cap in MiB/s; 0 = unlimited.
+    pub bandwidth_mibps: u64,
+    /// Allow post-copy (switched to later by `start_post_copy`).
+    pub post_copy: bool,
+    /// Throttle a guest that dirties memory too fast.
+    pub auto_converge: bool,
+    /// Parallel connections (> 1 enables multifd).
+    pub parallel_connections: u8,
+    /// Compression method names ("xbzrle", "zstd", "zlib"); empty = none.
+    pub compression: Option<String>,
+    /// Encrypt with libvirt's native TLS.
+    pub tls: bool,
+    /// Guest disks (targets) whose storage libvirt copies along.
+    pub copy_disks: Vec<String>,
+    /// Local disks were already synced to the target by the agents, so
+    /// libvirt must accept them without shared storage.
+    pub disks_synced: bool,
+}
+
+/// Final figures of a finished job, from libvirt's job-completed event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FinalStats {
+    /// Job wall time.
+    pub elapsed: Duration,
+    /// Guest downtime at switch-over.
+    pub downtime: Duration,
+    /// Bytes sent.
+    pub data_processed: u64,
+    /// Memory passes.
+    pub memory_iteration: u64,
+}
+
+/// Errors of talking to libvirt.
+#[derive(Debug, thiserror::Error)]
+pub enum LibvirtError {
+    /// The daemon could not be reached.
+    #[error("connecting to libvirt at {uri}: {message}")]
+    Connect {
+        /// Connection URI.
+        uri: String,
+        /// libvirt's message.
+        message: String,
+    },
+    /// The domain does not exist here.
+    #[error("domain {0} not found")]
+    DomainNotFound(String),
+    /// A libvirt call failed.
+    #[error("{op} failed: {message}")]
+    Call {
+        /// The operation, e.g. "virDomainMigrateToURI3".
+        op: &'static str,
+        /// libvirt's message.
+        message: String,
+    },
+    /// libvirt returned XML the agent could not read.
+    #[error("reading {what} XML: {message}")]
+    Xml {
+        /// What was parsed.
+        what: &'static str,
+        /// The parser's message.
+        message: String,
+    },
+}
+
+/// What the agent needs from libvirt.
+pub trait Libvirt: Send + Sync + 'static {
+    /// Host versions, CPU and memory.
+    fn host(&self) -> Result<HostFacts, LibvirtError>;
+    /// All domains defined or running here.
+    fn domains(&self) -> Result<Vec<DomainInfo>, LibvirtError>;
+    /// One domain, when it exists here.
+    fn domain(&self, vm: &DomainRef) -> Result<Option<DomainInfo>, LibvirtError>;
+    /// The domain's guest CPU definition (`<cpu>` XML), for comparisons.
+    fn guest_cpu_xml(&self, vm: &DomainRef) -> Result<String, LibvirtError>;
+    /// Whether this host can run a guest with that CPU.
+    fn compare_cpu(&self, cpu_xml: &str) -> Result<CpuCompat, LibvirtError>;
+    /// Migrates peer to peer; blocks until libvirt's job ends.
+    fn migrate(&self, vm: &DomainRef, call: &MigrateCall) -> Result<(), LibvirtError>;
+    /// Statistics of the running job; `None` when no job runs.
+    fn job(&self, vm: &DomainRef) -> Result<Option<JobSample>, LibvirtError>;
+    /// Auto-converge throttle of the running job, percent.
+    fn job_throttle(&self, vm: &DomainRef) -> Result<Option<u8>, LibvirtError>;
+    /// Aborts the running job.
+    fn abort_job(&self, vm: &DomainRef) -> Result<(), LibvirtError>;
+    /// Sets the largest downtime allowed at switch-over.
+    fn set_max_downtime(&self, vm: &DomainRef, downtime: Duration) -> Result<(), LibvirtError>;
+    /// Switches the running job to post-copy.
+    fn start_post_copy(&self, vm: &DomainRef) -> Result<(), LibvirtError>;
+    /// Pauses the guest.
+    fn suspend(&self, vm: &DomainRef) -> Result<(), LibvirtError>;
+    /// Resumes a paused guest.
+    fn resume(&self, vm: &DomainRef) -> Result<(), LibvirtError>;
+    /// Undefines a shut-off domain (its disks stay).
+    fn undefine(&self, vm: &DomainRef) -> Result<(), LibvirtError>;
+    /// Events of all domains.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<LibvirtEvent>;
+}
