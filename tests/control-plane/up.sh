@@ -10,8 +10,8 @@ ETCD_PORT=${KVMOTION_ETCD_PORT:-23791}
 ETCD_PEER_PORT=${KVMOTION_ETCD_PEER_PORT:-23792}
 APISERVER_PORT=${KVMOTION_APISERVER_PORT:-26443}
 # Extra addresses the serving certificate must cover (lab nodes reach the
-# apiserver through them). Comma-separated IPs.
-EXTRA_IPS=${KVMOTION_APISERVER_IPS:-}
+# apiserver through them; 10.98.0.254 is the lab host). Comma-separated IPs.
+EXTRA_IPS=${KVMOTION_APISERVER_IPS:-10.98.0.254}
 KUBECONFIG_FILE=$CP_STATE/kubeconfig
 ENV_FILE=$CP_STATE/env
 

@@ -36,7 +36,7 @@ check_node() { [[ " ${NODES[*]} " == *" $1 "* ]] || die "unknown node '$1' (node
 node_exec() {
   local node=$1; shift
   alive "$node" || die "$node's libvirtd is not running (lab.sh up)"
-  nsenter -t "$(pid_of "$node")" -m -n -u -- "$@"
+  exec nsenter -t "$(pid_of "$node")" -m -n -u -- "$@"
 }
 
 write_config() { # write_config NODE

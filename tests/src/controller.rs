@@ -22,27 +22,24 @@ pub struct ControllerProcess {
 /// Builds the controller binary once per test binary and returns its path.
 pub fn controller_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "kvmotion-controller",
-                "--bin",
-                "kvmotion-controller",
-            ])
-            .current_dir(crate::repo_root())
-            .status()
-            .expect("running cargo build");
-        assert!(status.success(), "building kvmotion-controller failed");
-        // Test binaries live in <target>/<profile>/deps.
-        let exe = std::env::current_exe().expect("current exe");
-        let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-        profile_dir.join("kvmotion-controller")
-    })
-    .clone()
+    BIN.get_or_init(|| workspace_binary("kvmotion-controller", "kvmotion-controller"))
+        .clone()
+}
+
+/// Builds binary `bin` of workspace package `package` (debug profile, the
+/// one tests run in) and returns its path.
+pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .current_dir(crate::repo_root())
+        .status()
+        .expect("running cargo build");
+    assert!(status.success(), "building {bin} failed");
+    // Test binaries live in <target>/<profile>/deps.
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    profile_dir.join(bin)
 }
 
 /// A free local port (bound, then released for the child to take).

@@ -2,9 +2,11 @@
 //! kube-apiserver (built and started by `tests/control-plane/`), kubectl,
 //! per-test scopes that clean up after themselves, and controller processes.
 
+pub mod agent;
 pub mod control_plane;
 pub mod controller;
 pub mod http;
+pub mod lab;
 pub mod scope;
 
 pub use control_plane::{ControlPlane, Output, control_plane};

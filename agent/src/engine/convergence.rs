@@ -163,7 +163,7 @@ pub fn decide(tracker: Tracker, s: &JobSample, elapsed: Duration, p: &Policy) ->
         };
         return Decision { action, tracker: t };
     }
-    if p.post_copy && p.post_copy_when_stalled && stalled(s) {
+    if p.post_copy && p.post_copy_when_stalled && stalled(s, p) {
         t.escalated = true;
         return Decision {
             action: Action::StartPostCopy,
@@ -189,10 +189,15 @@ pub fn initial_downtime(p: &Policy) -> Duration {
     p.initial_downtime.min(p.max_downtime)
 }
 
-/// Pre-copy is not converging: a full pass is done and the guest dirties
-/// memory at least as fast as it is sent.
-fn stalled(s: &JobSample) -> bool {
-    s.memory_iteration >= 2 && s.throughput > 0 && s.dirty_rate >= s.throughput
+/// Pre-copy is not converging: a full pass is done, and either the guest
+/// dirties memory at least as fast as it is sent, or what remains could not
+/// be sent within even the largest allowed downtime.
+fn stalled(s: &JobSample, p: &Policy) -> bool {
+    if s.memory_iteration < 2 || s.throughput == 0 {
+        return false;
+    }
+    let sendable_in_downtime = s.throughput as f64 * p.max_downtime.as_secs_f64();
+    s.dirty_rate >= s.throughput || s.data_remaining as f64 > sendable_in_downtime
 }
 
 fn timed_out(t: &Tracker, s: &JobSample, elapsed: Duration, p: &Policy) -> Option<AbortReason> {

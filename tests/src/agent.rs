@@ -1,0 +1,354 @@
+//! Runs real `kvmotion-agent` processes inside the lab's node namespaces,
+//! with service-account tokens from TokenRequest and the RBAC in
+//! `config/rbac/`, and calls their API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use kvmotion_api::agent::{
+    DiskPlan, DomainRef, JobStatus, PrepareRequest, ResolvedTuning, StartRequest,
+};
+use kvmotion_api::migration::MigrationMode;
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+use crate::control_plane::{ControlPlane, control_plane};
+use crate::lab::{self, SHARED_DIR};
+
+/// API port of every lab agent.
+pub const AGENT_PORT: u16 = 9443;
+/// Audience of agent tokens.
+pub const AUDIENCE: &str = "kvmotion-agent";
+
+/// Tokens and kubeconfigs for agents and for calling them.
+pub struct Credentials {
+    /// The agents' kubeconfig (agent service-account token; the apiserver
+    /// as the lab nodes reach it).
+    pub agent_kubeconfig: PathBuf,
+    /// The agents' token for calling each other.
+    pub peer_token_file: PathBuf,
+    /// The controller's token for calling agents.
+    pub controller_token: String,
+}
+
+fn token(cp: &ControlPlane, sa: &str, audience: Option<&str>) -> String {
+    let mut args = vec![
+        "create",
+        "token",
+        sa,
+        "-n",
+        "kvmotion-system",
+        "--duration",
+        "6h",
+    ];
+    if let Some(a) = audience {
+        args.extend(["--audience", a]);
+    }
+    let out = cp.kubectl(&args, None);
+    assert!(out.ok, "kubectl create token {sa}: {}", out.stderr);
+    out.stdout.trim().to_string()
+}
+
+/// Applies the RBAC and mints the tokens, once per test binary.
+pub fn credentials() -> &'static Credentials {
+    static CREDS: OnceLock<Credentials> = OnceLock::new();
+    CREDS.get_or_init(|| {
+        let cp = control_plane();
+        for f in ["namespace.yaml", "agent.yaml", "controller.yaml"] {
+            let path = crate::repo_root().join("config/rbac").join(f);
+            let out = cp.kubectl(&["apply", "-f", &path.to_string_lossy()], None);
+            assert!(out.ok, "applying {f}: {}", out.stderr);
+        }
+        let dir = crate::repo_root().join("target/test-credentials");
+        std::fs::create_dir_all(&dir).expect("credentials dir");
+        let ca = cp.kubectl(
+            &["config", "view", "--raw", "--minify", "-o", "jsonpath={.clusters[0].cluster.certificate-authority-data}"],
+            None,
+        );
+        assert!(ca.ok, "{}", ca.stderr);
+        let server = cp.kubectl(&["config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}"], None).stdout;
+        let port = server.rsplit(':').next().unwrap_or("26443").to_string();
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: https://10.98.0.254:{port}\n    certificate-authority-data: {}\nusers:\n- name: agent\n  user:\n    token: {}\ncontexts:\n- name: lab\n  context: {{cluster: lab, user: agent}}\ncurrent-context: lab\n",
+            ca.stdout.trim(),
+            token(cp, "kvmotion-agent", None)
+        );
+        let agent_kubeconfig = dir.join("agent-kubeconfig");
+        std::fs::write(&agent_kubeconfig, kubeconfig).expect("writing kubeconfig");
+        let peer_token_file = dir.join("peer-token");
+        std::fs::write(&peer_token_file, token(cp, "kvmotion-agent", Some(AUDIENCE))).expect("peer token");
+        Credentials { agent_kubeconfig, peer_token_file, controller_token: token(cp, "kvmotion-controller", Some(AUDIENCE)) }
+    })
+}
+
+/// A token of `sa` in kvmotion-system for `audience` (for auth tests).
+pub fn token_for(sa: &str, audience: &str) -> String {
+    let cp = control_plane();
+    let out = cp.kubectl(
+        &["create", "serviceaccount", sa, "-n", "kvmotion-system"],
+        None,
+    );
+    assert!(
+        out.ok || out.stderr.contains("AlreadyExists"),
+        "{}",
+        out.stderr
+    );
+    token(cp, sa, Some(audience))
+}
+
+/// A running agent on a lab node, killed when dropped.
+pub struct AgentProcess {
+    child: Child,
+    /// Its node.
+    pub node: String,
+    /// Its API address.
+    pub addr: SocketAddr,
+    /// Its log file.
+    pub log: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts the agent of `node`, inside the node's namespaces.
+    pub async fn start(node: &str, label: &str, extra: &[&str]) -> AgentProcess {
+        lab::lab_up();
+        let creds = credentials();
+        let bin = crate::controller::workspace_binary("kvmotion-agent", "kvmotion-agent");
+        let log_dir = crate::repo_root().join("target/test-logs");
+        std::fs::create_dir_all(&log_dir).expect("log dir");
+        let log = log_dir.join(format!("agent-{label}-{node}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mgmt = lab::management_ip(node);
+        let listen = format!("{mgmt}:{AGENT_PORT}");
+        let endpoint = format!("http://{listen}");
+        let child = Command::new("bash")
+            .arg(crate::repo_root().join("tests/lab/lab.sh"))
+            .args(["exec", node])
+            .arg(&bin)
+            .args([
+                "--node-name",
+                node,
+                "--migration-address",
+                lab::migration_ip(node),
+            ])
+            .args(["--listen", &listen, "--advertise-endpoint", &endpoint])
+            .arg("--kubeconfig")
+            .arg(&creds.agent_kubeconfig)
+            .arg("--peer-token-file")
+            .arg(&creds.peer_token_file)
+            .args([
+                "--shared-path",
+                SHARED_DIR,
+                "--heartbeat-seconds",
+                "2",
+                "--resync-seconds",
+                "30",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info,kvmotion_agent=debug")
+            .stdout(Stdio::from(file.try_clone().expect("log file")))
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("starting kvmotion-agent");
+        let agent = AgentProcess {
+            child,
+            node: node.to_string(),
+            addr: listen.parse().expect("address"),
+            log,
+        };
+        crate::eventually(
+            Duration::from_secs(60),
+            &format!("the agent on {node} to be ready"),
+            || async {
+                matches!(crate::http::get(agent.addr, "/readyz").await, Ok((200, _))).then_some(())
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+        agent
+    }
+
+    /// The agent's endpoint URL.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Calls the API with `token` (None: no Authorization header).
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a.as_str()));
+        }
+        let bytes = body.map(|b| b.to_string().into_bytes());
+        let (code, text) =
+            crate::http::request(self.addr, method, path, &headers, bytes.as_deref())
+                .await
+                .unwrap_or_else(|e| panic!("{method} {path} on {}: {e}", self.node));
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Calls the API as the controller.
+    pub async fn as_controller(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        self.call(method, path, Some(&credentials().controller_token), body)
+            .await
+    }
+
+    /// Sends SIGKILL (a crashed agent).
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Both lab agents.
+pub struct Agents {
+    /// Agent of node-a.
+    pub a: AgentProcess,
+    /// Agent of node-b.
+    pub b: AgentProcess,
+}
+
+impl Agents {
+    /// Starts both agents; `module` and `line` name their log files
+    /// (`target/test-logs/agent-<module>-<line>-<node>.log`).
+    pub async fn start(module: &str, line: u32) -> Agents {
+        let label = format!("{}-{line}", module.rsplit("::").next().unwrap_or(module));
+        Agents {
+            a: AgentProcess::start("node-a", &label, &[]).await,
+            b: AgentProcess::start("node-b", &label, &[]).await,
+        }
+    }
+
+    /// The agent of `node`.
+    pub fn on(&self, node: &str) -> &AgentProcess {
+        if node == "node-a" { &self.a } else { &self.b }
+    }
+}
+
+/// A migration as the tests drive it: prepare on the target, start on the
+/// source, poll until the job ends.
+pub struct Drive {
+    /// Migration id.
+    pub id: String,
+    /// VM.
+    pub vm: DomainRef,
+    /// Source node.
+    pub source: String,
+    /// Live or offline.
+    pub mode: MigrationMode,
+    /// Tuning.
+    pub tuning: ResolvedTuning,
+    /// Disks.
+    pub disks: Vec<DiskPlan>,
+    /// Guest memory, bytes.
+    pub memory_bytes: u64,
+}
+
+impl Drive {
+    /// A live move of `guest` from `source` with default tuning.
+    pub fn new(id: &str, guest: &lab::Guest, source: &str) -> Drive {
+        Drive {
+            id: id.to_string(),
+            vm: DomainRef {
+                name: Some(guest.name.clone()),
+                uuid: None,
+            },
+            source: source.to_string(),
+            mode: MigrationMode::Live,
+            tuning: ResolvedTuning::default(),
+            disks: Vec::new(),
+            memory_bytes: 256 << 20,
+        }
+    }
+
+    /// The prepare request.
+    pub fn prepare_request(&self) -> PrepareRequest {
+        PrepareRequest {
+            vm: self.vm.clone(),
+            source_node: self.source.clone(),
+            mode: self.mode,
+            memory_bytes: self.memory_bytes,
+            cpu_xml: String::new(),
+            disks: self.disks.clone(),
+        }
+    }
+
+    /// Prepares the target and starts the job; returns the start answer.
+    pub async fn start(&self, agents: &Agents) -> (u16, Value) {
+        let target = lab::other(&self.source);
+        let (code, prepared) = agents
+            .on(target)
+            .as_controller(
+                "POST",
+                &format!("/v1/migrations/{}/prepare", self.id),
+                Some(&serde_json::to_value(self.prepare_request()).expect("json")),
+            )
+            .await;
+        assert_eq!(code, 200, "prepare: {prepared}");
+        let start = StartRequest {
+            vm: self.vm.clone(),
+            target_node: target.to_string(),
+            target: serde_json::from_value(prepared).expect("prepare answer"),
+            mode: self.mode,
+            tuning: self.tuning.clone(),
+            disks: self.disks.clone(),
+        };
+        agents
+            .on(&self.source)
+            .as_controller(
+                "POST",
+                &format!("/v1/migrations/{}/start", self.id),
+                Some(&serde_json::to_value(start).expect("json")),
+            )
+            .await
+    }
+
+    /// Polls the source agent until the job ends; returns the final status
+    /// and every status seen.
+    pub async fn wait(&self, agents: &Agents, within: Duration) -> (JobStatus, Vec<JobStatus>) {
+        let source = agents.on(&self.source);
+        let mut seen: Vec<JobStatus> = Vec::new();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (code, body) = source
+                .as_controller("GET", &format!("/v1/migrations/{}", self.id), None)
+                .await;
+            assert_eq!(code, 200, "status: {body}");
+            let status: JobStatus = serde_json::from_value(body).expect("job status");
+            seen.push(status.clone());
+            if status.phase.is_final() {
+                return (status, seen);
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "migration {} still {:?} after {within:?}\n{}",
+                self.id,
+                status.phase,
+                source.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! The two-node libvirt lab for tests: started once per test binary by
+//! `tests/lab/lab.sh`, guests that clean up after themselves, and the
+//! guests' heartbeats read from each node's serial-console log.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// The lab's two nodes.
+pub const NODES: [&str; 2] = ["node-a", "node-b"];
+/// Directory at the same path on both nodes (shared storage).
+pub const SHARED_DIR: &str = "/var/lib/kvmotion-lab/shared";
+/// Node-local image directory (same path, separate storage per node).
+pub const LOCAL_DIR: &str = "/var/lib/kvmotion-local";
+
+/// Migration-network address of a node.
+pub fn migration_ip(node: &str) -> &'static str {
+    if node == "node-a" {
+        "10.99.0.1"
+    } else {
+        "10.99.0.2"
+    }
+}
+
+/// Management-network address of a node (agents listen there).
+pub fn management_ip(node: &str) -> &'static str {
+    if node == "node-a" {
+        "10.98.0.1"
+    } else {
+        "10.98.0.2"
+    }
+}
+
+/// The other node.
+pub fn other(node: &str) -> &'static str {
+    if node == "node-a" { "node-b" } else { "node-a" }
+}
+
+fn script() -> PathBuf {
+    crate::repo_root().join("tests/lab/lab.sh")
+}
+
+/// Runs `lab.sh ARGS`; returns stdout, panicking with stderr on failure.
+pub fn lab(args: &[&str]) -> String {
+    let out = Command::new("bash")
+        .arg(script())
+        .args(args)
+        .output()
+        .expect("running lab.sh");
+    assert!(
+        out.status.success(),
+        "lab.sh {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `lab.sh ARGS`; returns (success, stdout + stderr).
+pub fn lab_try(args: &[&str]) -> (bool, String) {
+    let out = Command::new("bash")
+        .arg(script())
+        .args(args)
+        .output()
+        .expect("running lab.sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Starts the lab once per test binary (it stays up; `make lab-down` or
+/// `make test` stop it). Returns the guest kernel/initramfs directory.
+pub fn lab_up() -> &'static str {
+    static GUEST: OnceLock<String> = OnceLock::new();
+    GUEST.get_or_init(|| {
+        lab(&["up"]);
+        lab(&["guest-dir"]).trim().to_string()
+    })
+}
+
+/// Serializes tests that run guests: two cores do not run several TCG
+/// guests and migrations at once without skewing every timing.
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+/// One heartbeat line of a guest: `HB seq=N boot=X`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Beat {
+    /// Sequence number (advances each second, restarts on reboot).
+    pub seq: u64,
+    /// Boot id (changes on reboot).
+    pub boot: u32,
+}
+
+/// How a lab guest is built.
+#[derive(Debug, Clone)]
+pub struct GuestSpec {
+    /// Guest memory, MiB.
+    pub memory_mib: u32,
+    /// Memory the guest dirties, MiB.
+    pub dirty_mib: u32,
+    /// Dirty rate, MiB/s (0 = flat out).
+    pub dirty_rate: u32,
+    /// Disk: none, on shared storage, or node-local.
+    pub disk: DiskKind,
+    /// Disk virtual size, MiB.
+    pub disk_mib: u64,
+    /// Stamp each heartbeat into the disk (changes blocks while running).
+    pub stamp_disk: bool,
+}
+
+/// Where a guest's disk lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskKind {
+    /// No disk.
+    None,
+    /// qcow2 in the shared directory.
+    Shared,
+    /// qcow2 in the node-local directory.
+    Local,
+}
+
+impl Default for GuestSpec {
+    fn default() -> Self {
+        GuestSpec {
+            memory_mib: 256,
+            dirty_mib: 16,
+            dirty_rate: 4,
+            disk: DiskKind::Shared,
+            disk_mib: 64,
+            stamp_disk: false,
+        }
+    }
+}
+
+/// A running lab guest, destroyed and undefined on both nodes when dropped.
+pub struct Guest {
+    /// Domain name.
+    pub name: String,
+    /// Disk path, if any.
+    pub disk: Option<String>,
+    /// Its UUID.
+    pub uuid: String,
+}
+
+impl Guest {
+    /// Defines and starts a guest on `node`, waiting for its first heartbeat.
+    pub async fn start(node: &str, name: &str, spec: &GuestSpec) -> Guest {
+        let guest_dir = lab_up();
+        let disk = match spec.disk {
+            DiskKind::None => None,
+            DiskKind::Shared => Some(format!("{SHARED_DIR}/{name}.qcow2")),
+            DiskKind::Local => Some(format!("{LOCAL_DIR}/{name}.qcow2")),
+        };
+        if let Some(path) = &disk {
+            lab(&[
+                "exec",
+                node,
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                path,
+                &format!("{}M", spec.disk_mib),
+            ]);
+        }
+        let mut args = vec![
+            name.to_string(),
+            guest_dir.to_string(),
+            "--memory".into(),
+            spec.memory_mib.to_string(),
+            "--dirty-mib".into(),
+            spec.dirty_mib.to_string(),
+            "--dirty-rate".into(),
+            spec.dirty_rate.to_string(),
+        ];
+        if let Some(path) = &disk {
+            args.extend(["--disk".into(), path.clone()]);
+            if spec.stamp_disk {
+                args.push("--stamp-disk".into());
+            }
+        }
+        let xml = Command::new("bash")
+            .arg(crate::repo_root().join("tests/lab/guest/domain.sh"))
+            .args(&args)
+            .output()
+            .expect("domain.sh");
+        assert!(
+            xml.status.success(),
+            "domain.sh: {}",
+            String::from_utf8_lossy(&xml.stderr)
+        );
+        let xml_path = std::env::temp_dir().join(format!("kvmotion-{name}.xml"));
+        std::fs::write(&xml_path, &xml.stdout).expect("writing domain XML");
+        let xml_path = xml_path.to_string_lossy().into_owned();
+        lab(&["virsh", node, "define", &xml_path]);
+        lab(&["virsh", node, "start", name]);
+        let uuid = lab(&["virsh", node, "domuuid", name]).trim().to_string();
+        let guest = Guest {
+            name: name.to_string(),
+            disk,
+            uuid,
+        };
+        crate::eventually(
+            Duration::from_secs(60),
+            &format!("{name} to beat on {node}"),
+            || async { guest.last_beat(node) },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", guest.console(node)));
+        guest
+    }
+
+    /// The serial console log of the guest on `node`.
+    pub fn console(&self, node: &str) -> String {
+        let path = format!("/var/log/libvirt/qemu/{}-serial.log", self.name);
+        lab_try(&["exec", node, "cat", &path]).1
+    }
+
+    /// The newest heartbeat in `node`'s console log.
+    pub fn last_beat(&self, node: &str) -> Option<Beat> {
+        self.console(node).lines().rev().find_map(parse_beat)
+    }
+
+    /// libvirt's state of the domain on `node` ("running", "shut off"…),
+    /// or None when the node does not have it.
+    pub fn state(&self, node: &str) -> Option<String> {
+        let (ok, out) = lab_try(&["virsh", node, "domstate", &self.name]);
+        ok.then(|| out.lines().next().unwrap_or_default().trim().to_string())
+    }
+
+    /// Whether `node` has the domain defined (persistent).
+    pub fn defined_on(&self, node: &str) -> bool {
+        let (ok, out) = lab_try(&["virsh", node, "list", "--all", "--persistent", "--name"]);
+        ok && out.lines().any(|l| l.trim() == self.name)
+    }
+
+    /// Waits until the guest's heartbeat advances on `node` past `after`
+    /// without a reboot: the proof that it runs there.
+    pub async fn beats_on(&self, node: &str, after: Beat) -> Beat {
+        crate::eventually(
+            Duration::from_secs(60),
+            &format!("{} to beat on {node} after {after:?}", self.name),
+            || async {
+                self.last_beat(node)
+                    .filter(|b| b.boot == after.boot && b.seq > after.seq)
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nconsole on {node}:\n{}", tail(&self.console(node), 10)))
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        for node in NODES {
+            let _ = lab_try(&["virsh", node, "destroy", &self.name]);
+            let _ = lab_try(&["virsh", node, "undefine", &self.name]);
+            if let Some(disk) = &self.disk {
+                let _ = lab_try(&["exec", node, "rm", "-f", disk]);
+            }
+            let log = format!("/var/log/libvirt/qemu/{}-serial.log", self.name);
+            let _ = lab_try(&["exec", node, "rm", "-f", &log]);
+        }
+    }
+}
+
+/// Reads `HB seq=N boot=X …`.
+pub fn parse_beat(line: &str) -> Option<Beat> {
+    let mut seq = None;
+    let mut boot = None;
+    for word in line.split_whitespace() {
+        if let Some(v) = word.strip_prefix("seq=") {
+            seq = v.parse().ok();
+        } else if let Some(v) = word.strip_prefix("boot=") {
+            boot = u32::from_str_radix(v, 16).ok();
+        }
+    }
+    line.starts_with("HB ").then_some(Beat {
+        seq: seq?,
+        boot: boot?,
+    })
+}
+
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeat_lines_parse() {
+        assert_eq!(
+            parse_beat("HB seq=12 boot=2d767299 dirty_mib=64 rate=20"),
+            Some(Beat {
+                seq: 12,
+                boot: 0x2d767299
+            })
+        );
+        assert_eq!(parse_beat("kvmotion lab guest up"), None);
+        assert_eq!(parse_beat("HB error=malloc"), None);
+    }
+}

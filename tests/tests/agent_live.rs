@@ -1,0 +1,179 @@
+//! Live migrations through the agents on the two-node lab. Each test proves
+//! the guest kept running on the target (heartbeat advances, same boot) and
+//! is gone from the source.
+
+use std::time::Duration;
+
+use kvmotion_api::agent::{DiskPlan, JobPhase};
+use kvmotion_tests::agent::{Agents, Drive};
+use kvmotion_tests::lab::{DiskKind, Guest, GuestSpec, exclusive};
+
+#[tokio::test]
+async fn an_idle_guest_on_shared_storage_moves_live_and_keeps_running() {
+    let _lab = exclusive().await;
+    let agents = Agents::start(module_path!(), line!()).await;
+    let guest = Guest::start("node-a", "live-idle", &GuestSpec::default()).await;
+    let before = guest.last_beat("node-a").expect("beating");
+
+    let drive = Drive::new("live-idle-1", &guest, "node-a");
+    let (code, started) = drive.start(&agents).await;
+    assert_eq!(code, 200, "{started}");
+    let (done, seen) = drive.wait(&agents, Duration::from_secs(60)).await;
+
+    assert_eq!(done.phase, JobPhase::Completed, "{done:?}");
+    assert_eq!(done.vm_node.as_deref(), Some("node-b"));
+    let result = done.result.expect("result");
+    assert!(result.data_transferred_bytes > 1 << 20, "{result:?}");
+    assert!(
+        result.duration_ms > 0 && result.downtime_ms < 2_000,
+        "{result:?}"
+    );
+    assert_eq!(done.progress.percent, 100);
+    let percents: Vec<u8> = seen.iter().map(|s| s.progress.percent).collect();
+    assert!(
+        percents.windows(2).all(|w| w[0] <= w[1]),
+        "progress ran backwards: {percents:?}"
+    );
+
+    guest.beats_on("node-b", before).await;
+    assert_eq!(
+        guest.state("node-a"),
+        None,
+        "the source still has the domain"
+    );
+    assert!(
+        guest.defined_on("node-b"),
+        "the definition moved to the target"
+    );
+
+    // Repeating the call is harmless: it returns the same job.
+    let (code, again) = drive.start(&agents).await;
+    assert_eq!(code, 200);
+    assert_eq!(again["phase"], "Completed");
+}
+
+#[tokio::test]
+async fn a_guest_with_a_node_local_disk_moves_live_with_its_storage() {
+    let _lab = exclusive().await;
+    let agents = Agents::start(module_path!(), line!()).await;
+    let spec = GuestSpec {
+        disk: DiskKind::Local,
+        stamp_disk: true,
+        ..GuestSpec::default()
+    };
+    let guest = Guest::start("node-a", "live-local", &spec).await;
+    let before = guest.last_beat("node-a").expect("beating");
+    let path = guest.disk.clone().expect("disk");
+
+    let mut drive = Drive::new("live-local-1", &guest, "node-a");
+    drive.disks = vec![DiskPlan {
+        target: "vda".into(),
+        path: path.clone(),
+        format: "qcow2".into(),
+        capacity_bytes: spec.disk_mib << 20,
+        copy: true,
+    }];
+    let (code, started) = drive.start(&agents).await;
+    assert_eq!(code, 200, "{started}");
+    let (done, _) = drive.wait(&agents, Duration::from_secs(90)).await;
+    assert_eq!(done.phase, JobPhase::Completed, "{done:?}");
+
+    let after = guest.beats_on("node-b", before).await;
+    assert_eq!(guest.state("node-a"), None);
+    // The guest keeps writing its heartbeat to the copied disk on the target.
+    let script = format!(
+        "qemu-img convert -U -O raw {path} /tmp/live-local.raw && strings /tmp/live-local.raw | grep -c 'HB seq='; rm -f /tmp/live-local.raw"
+    );
+    let stamped = kvmotion_tests::lab::lab(&["exec", "node-b", "sh", "-c", &script]);
+    assert!(
+        stamped.trim().parse::<u32>().unwrap_or(0) > 0,
+        "no heartbeat stamps on the target's disk (after {after:?})"
+    );
+}
+
+#[tokio::test]
+async fn a_hot_guest_that_pre_copy_cannot_move_converges_under_the_default_policy() {
+    let _lab = exclusive().await;
+    let agents = Agents::start(module_path!(), line!()).await;
+    let spec = GuestSpec {
+        dirty_mib: 128,
+        dirty_rate: 0,
+        ..GuestSpec::default()
+    };
+    let guest = Guest::start("node-a", "live-hot", &spec).await;
+    let before = guest.last_beat("node-a").expect("beating");
+
+    let mut drive = Drive::new("live-hot-1", &guest, "node-a");
+    drive.tuning.bandwidth_mibps = 100;
+    let (code, started) = drive.start(&agents).await;
+    assert_eq!(code, 200, "{started}");
+    let (done, seen) = drive.wait(&agents, Duration::from_secs(120)).await;
+
+    assert_eq!(done.phase, JobPhase::Completed, "{done:?}");
+    assert!(
+        done.actions.iter().any(|a| a == "StartPostCopy"),
+        "post-copy was not used: {:?}",
+        done.actions
+    );
+    // Post-copy moves the guest at once: the pause is milliseconds.
+    let result = done.result.expect("result");
+    assert!(result.downtime_ms < 1_000, "{result:?}");
+    assert!(
+        seen.iter().any(|s| s.progress.data_processed_bytes > 0),
+        "no progress was reported"
+    );
+    guest.beats_on("node-b", before).await;
+    assert_eq!(guest.state("node-a"), None);
+}
+
+#[tokio::test]
+async fn an_abort_mid_flight_leaves_the_guest_running_on_the_source_and_the_target_clean() {
+    let _lab = exclusive().await;
+    let agents = Agents::start(module_path!(), line!()).await;
+    let spec = GuestSpec {
+        dirty_mib: 128,
+        dirty_rate: 0,
+        ..GuestSpec::default()
+    };
+    let guest = Guest::start("node-a", "live-abort", &spec).await;
+    let before = guest.last_beat("node-a").expect("beating");
+
+    let mut drive = Drive::new("live-abort-1", &guest, "node-a");
+    // A job that cannot finish on its own: capped, no post-copy, no timeouts.
+    drive.tuning.bandwidth_mibps = 50;
+    drive.tuning.post_copy = false;
+    drive.tuning.progress_timeout_seconds = 0;
+    drive.tuning.completion_timeout_per_gib_seconds = 0;
+    drive.tuning.on_timeout = kvmotion_api::tuning::TimeoutAction::Abort;
+    let (code, started) = drive.start(&agents).await;
+    assert_eq!(code, 200, "{started}");
+    kvmotion_tests::eventually(Duration::from_secs(30), "data to flow", || async {
+        let (_, s) = agents
+            .a
+            .as_controller("GET", "/v1/migrations/live-abort-1", None)
+            .await;
+        (s["progress"]["dataProcessedBytes"].as_u64().unwrap_or(0) > 16 << 20).then_some(())
+    })
+    .await
+    .unwrap();
+    let (code, body) = agents
+        .a
+        .as_controller("POST", "/v1/migrations/live-abort-1/abort", None)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let (done, _) = drive.wait(&agents, Duration::from_secs(60)).await;
+
+    assert_eq!(done.phase, JobPhase::Aborted, "{done:?}");
+    assert_eq!(done.vm_node.as_deref(), Some("node-a"));
+    guest.beats_on("node-a", before).await;
+    assert_eq!(
+        guest.state("node-b"),
+        None,
+        "the target must not keep the domain"
+    );
+    let (code, body) = agents
+        .b
+        .as_controller("POST", "/v1/migrations/live-abort-1/cleanup", None)
+        .await;
+    assert_eq!(code, 200, "{body}");
+}
