@@ -114,9 +114,17 @@ pub struct PrepareRequest {
     /// empty to skip.
     #[serde(default)]
     pub cpu_xml: String,
+    /// The domain's virtualization type ("kvm", or "qemu" for emulation):
+    /// the CPU is compared with what that hypervisor can provide.
+    #[serde(default = "default_virt_type")]
+    pub virt_type: String,
     /// Disks and whether each is copied.
     #[serde(default)]
     pub disks: Vec<DiskPlan>,
+}
+
+fn default_virt_type() -> String {
+    "kvm".into()
 }
 
 /// Answer to `prepare`: where to send the VM.

@@ -291,6 +291,7 @@ impl Drive {
             mode: self.mode,
             memory_bytes: self.memory_bytes,
             cpu_xml: String::new(),
+            virt_type: "qemu".into(),
             disks: self.disks.clone(),
         }
     }

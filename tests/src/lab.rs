@@ -114,6 +114,8 @@ pub struct GuestSpec {
     pub disk_mib: u64,
     /// Stamp each heartbeat into the disk (changes blocks while running).
     pub stamp_disk: bool,
+    /// MiB of the disk written with data before the guest starts.
+    pub prefill_mib: u64,
 }
 
 /// Where a guest's disk lies.
@@ -136,6 +138,7 @@ impl Default for GuestSpec {
             disk: DiskKind::Shared,
             disk_mib: 64,
             stamp_disk: false,
+            prefill_mib: 0,
         }
     }
 }
@@ -171,6 +174,10 @@ impl Guest {
                 path,
                 &format!("{}M", spec.disk_mib),
             ]);
+            if spec.prefill_mib > 0 {
+                let write = format!("write -P 0x5a 0 {}M", spec.prefill_mib);
+                lab(&["exec", node, "qemu-io", "-f", "qcow2", "-c", &write, path]);
+            }
         }
         let mut args = vec![
             name.to_string(),

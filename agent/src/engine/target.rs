@@ -66,8 +66,9 @@ impl Engine {
         }
         if !req.cpu_xml.is_empty() {
             let lv = self.lv.clone();
-            let xml = req.cpu_xml.clone();
-            if blocking(move || lv.compare_cpu(&xml)).await? == CpuCompat::Incompatible {
+            let (virt_type, xml) = (req.virt_type.clone(), req.cpu_xml.clone());
+            if blocking(move || lv.compare_cpu(&virt_type, &xml)).await? == CpuCompat::Incompatible
+            {
                 return Err(Error::CpuIncompatible { node });
             }
         }

@@ -29,6 +29,15 @@ pub struct HostFacts {
     pub memory: HostMemory,
 }
 
+/// A domain's CPU as the target must provide it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestCpu {
+    /// "kvm", or "qemu" for emulation.
+    pub virt_type: String,
+    /// The `<cpu>` element; empty when the domain names no model.
+    pub xml: String,
+}
+
 /// libvirt's verdict on running a guest CPU on this host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CpuCompat {
@@ -121,10 +130,10 @@ pub trait Libvirt: Send + Sync + 'static {
     fn domains(&self) -> Result<Vec<DomainInfo>, LibvirtError>;
     /// One domain, when it exists here.
     fn domain(&self, vm: &DomainRef) -> Result<Option<DomainInfo>, LibvirtError>;
-    /// The domain's guest CPU definition (`<cpu>` XML), for comparisons.
-    fn guest_cpu_xml(&self, vm: &DomainRef) -> Result<String, LibvirtError>;
-    /// Whether this host can run a guest with that CPU.
-    fn compare_cpu(&self, cpu_xml: &str) -> Result<CpuCompat, LibvirtError>;
+    /// The domain's virtualization type and guest CPU (`<cpu>` XML).
+    fn guest_cpu(&self, vm: &DomainRef) -> Result<GuestCpu, LibvirtError>;
+    /// Whether this node's hypervisor (of `virt_type`) can provide that CPU.
+    fn compare_cpu(&self, virt_type: &str, cpu_xml: &str) -> Result<CpuCompat, LibvirtError>;
     /// Migrates peer to peer; blocks until libvirt's job ends.
     fn migrate(&self, vm: &DomainRef, call: &MigrateCall) -> Result<(), LibvirtError>;
     /// Statistics of the running job; `None` when no job runs.

@@ -13,7 +13,9 @@ use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::sys;
 
-use super::{CpuCompat, HostFacts, Libvirt, LibvirtError, LibvirtEvent, MigrateCall, events, xml};
+use super::{
+    CpuCompat, GuestCpu, HostFacts, Libvirt, LibvirtError, LibvirtEvent, MigrateCall, events, xml,
+};
 use crate::engine::convergence::JobSample;
 
 /// libvirt through the `virt` crate.
@@ -250,19 +252,37 @@ impl Libvirt for VirtLibvirt {
         })
     }
 
-    fn guest_cpu_xml(&self, vm: &DomainRef) -> Result<String, LibvirtError> {
+    fn guest_cpu(&self, vm: &DomainRef) -> Result<GuestCpu, LibvirtError> {
         self.with_conn(|conn| {
             let dom = self.require(conn, vm)?;
-            xml::guest_cpu(&dom.xml_desc(0).map_err(call("virDomainGetXMLDesc"))?)
+            let domain_xml = dom.xml_desc(0).map_err(call("virDomainGetXMLDesc"))?;
+            Ok(GuestCpu {
+                virt_type: xml::virt_type(&domain_xml)?,
+                xml: xml::guest_cpu(&domain_xml)?,
+            })
         })
     }
 
-    fn compare_cpu(&self, cpu_xml: &str) -> Result<CpuCompat, LibvirtError> {
+    fn compare_cpu(&self, virt_type: &str, cpu_xml: &str) -> Result<CpuCompat, LibvirtError> {
+        // Compared with what the hypervisor can provide, not with the host
+        // CPU: an emulated (TCG) guest may use features the host lacks.
+        let virt_type = std::ffi::CString::new(virt_type).map_err(|_| bad_arg("virt type"))?;
+        let cpu_xml = std::ffi::CString::new(cpu_xml).map_err(|_| bad_arg("CPU XML"))?;
         self.with_conn(|conn| {
-            let r = conn
-                .compare_cpu(cpu_xml, 0)
-                .map_err(call("virConnectCompareCPU"))?;
-            Ok(if r == sys::VIR_CPU_COMPARE_INCOMPATIBLE {
+            // SAFETY: live connection; NUL-terminated strings outlive the call.
+            let r = unsafe {
+                sys::virConnectCompareHypervisorCPU(
+                    conn.as_ptr(),
+                    std::ptr::null(),
+                    std::ptr::null(),
+                    std::ptr::null(),
+                    virt_type.as_ptr(),
+                    cpu_xml.as_ptr(),
+                    0,
+                )
+            };
+            check(r, "virConnectCompareHypervisorCPU")?;
+            Ok(if r == sys::VIR_CPU_COMPARE_INCOMPATIBLE as c_int {
                 CpuCompat::Incompatible
             } else {
                 CpuCompat::Compatible
@@ -397,6 +417,13 @@ fn raw_state(dom: &Domain) -> Result<(sys::virDomainState, c_int), LibvirtError>
     let r = unsafe { sys::virDomainGetState(dom.as_ptr(), &mut state, &mut reason, 0) };
     check(r, "virDomainGetState")?;
     Ok((state as sys::virDomainState, reason))
+}
+
+fn bad_arg(what: &str) -> LibvirtError {
+    LibvirtError::Call {
+        op: "argument check",
+        message: format!("the {what} contains a NUL byte"),
+    }
 }
 
 fn check(r: c_int, op: &'static str) -> Result<(), LibvirtError> {

@@ -76,6 +76,16 @@ pub fn guest_cpu(domain_xml: &str) -> Result<String, LibvirtError> {
     Ok(domain_xml[cpu.range()].to_string())
 }
 
+/// The domain's virtualization type (`<domain type='…'>`).
+pub fn virt_type(domain_xml: &str) -> Result<String, LibvirtError> {
+    let doc = parse("domain", domain_xml)?;
+    Ok(doc
+        .root_element()
+        .attribute("type")
+        .unwrap_or("kvm")
+        .to_string())
+}
+
 /// The host CPU from the capabilities document.
 pub fn host_cpu(capabilities_xml: &str, count: u32) -> Result<HostCpu, LibvirtError> {
     let doc = parse("capabilities", capabilities_xml)?;
@@ -105,9 +115,7 @@ pub fn host_cpu(capabilities_xml: &str, count: u32) -> Result<HostCpu, LibvirtEr
     })
 }
 
-/// The version of the QEMU binary libvirt reports for x86_64 guests,
-/// from `<guest><arch><emulator>` is not versioned, so libvirt's
-/// `virConnectGetVersion` is used instead; this turns its number into text.
+/// libvirt's version numbers (major × 1,000,000 + minor × 1,000 + micro) as text.
 pub fn version_string(v: u32) -> String {
     format!("{}.{}.{}", v / 1_000_000, (v / 1000) % 1000, v % 1000)
 }
@@ -183,6 +191,7 @@ mod tests {
             "{cpu}"
         );
         assert_eq!(guest_cpu("<domain><name>x</name></domain>").unwrap(), "");
+        assert_eq!(virt_type(DOMAIN).unwrap(), "qemu");
     }
 
     #[test]
