@@ -92,7 +92,7 @@ pub fn token_for(sa: &str, audience: &str) -> String {
         None,
     );
     assert!(
-        out.ok || out.stderr.contains("AlreadyExists"),
+        out.ok || out.stderr.contains("already exists"),
         "{}",
         out.stderr
     );

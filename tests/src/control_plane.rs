@@ -148,7 +148,7 @@ impl ControlPlane {
         }
         let out = self.kubectl(&["create", "namespace", name], None);
         assert!(
-            out.ok || out.stderr.contains("AlreadyExists"),
+            out.ok || out.stderr.contains("AlreadyExists") || out.stderr.contains("already exists"),
             "creating namespace {name}: {}",
             out.stderr
         );

@@ -1,0 +1,62 @@
+//! Faults during a migration on the lab: whatever breaks, the guest ends
+//! running on exactly one node and the agent says which.
+
+use std::time::Duration;
+
+use kvmotion_api::agent::JobPhase;
+use kvmotion_tests::agent::{Agents, Drive};
+use kvmotion_tests::lab::{Guest, GuestSpec, exclusive, lab};
+
+#[tokio::test]
+async fn killing_the_target_libvirtd_mid_migration_fails_clearly_and_the_guest_stays_on_the_source()
+{
+    let _lab = exclusive().await;
+    let agents = Agents::start(module_path!(), line!()).await;
+    let guest = Guest::start(
+        "node-a",
+        "fault-target",
+        &GuestSpec {
+            dirty_mib: 128,
+            dirty_rate: 0,
+            ..GuestSpec::default()
+        },
+    )
+    .await;
+    let before = guest.last_beat("node-a").expect("beating");
+
+    let mut drive = Drive::new("fault-target-1", &guest, "node-a");
+    drive.tuning.bandwidth_mibps = 30;
+    drive.tuning.post_copy = false;
+    let (code, body) = drive.start(&agents).await;
+    assert_eq!(code, 200, "{body}");
+    kvmotion_tests::eventually(Duration::from_secs(30), "data to flow", || async {
+        let (_, s) = agents
+            .a
+            .as_controller("GET", "/v1/migrations/fault-target-1", None)
+            .await;
+        (s["progress"]["dataProcessedBytes"].as_u64().unwrap_or(0) > 8 << 20).then_some(())
+    })
+    .await
+    .unwrap();
+
+    lab(&["kill-libvirtd", "node-b"]);
+    let (done, _) = drive.wait(&agents, Duration::from_secs(90)).await;
+    lab(&["start-libvirtd", "node-b"]);
+
+    assert_eq!(done.phase, JobPhase::Failed, "{done:?}");
+    assert_eq!(done.reason.as_deref(), Some("MigrationFailed"));
+    assert!(
+        !done.message.clone().unwrap_or_default().is_empty(),
+        "{done:?}"
+    );
+    assert_eq!(done.vm_node.as_deref(), Some("node-a"), "{done:?}");
+    guest.beats_on("node-a", before).await;
+    // The restarted target daemon must not keep a half-arrived guest.
+    kvmotion_tests::eventually(
+        Duration::from_secs(30),
+        "node-b to drop the incoming guest",
+        || async { guest.state("node-b").is_none().then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: node-b reports {:?}", guest.state("node-b")));
+}
