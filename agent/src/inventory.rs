@@ -185,7 +185,7 @@ async fn write_status(
         c.last_transition_time = stamp.clone();
     }
     // The object may not exist yet: applying it (empty spec) creates it.
-    let object = json!({"apiVersion": "kvmotion.io/v1alpha1", "kind": "Hypervisor", "metadata": {"name": node}});
+    let object = json!({"apiVersion": "kvmotion.io/v1alpha1", "kind": "Hypervisor", "metadata": {"name": node}, "spec": {}});
     if api
         .get_opt(node)
         .await
