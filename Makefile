@@ -4,19 +4,22 @@ SHELL := /bin/bash
 CARGO ?= cargo
 CP := tests/control-plane
 
-.PHONY: help build crds crds-check lint unit test integration \
+.PHONY: help deps build crds crds-check lint unit test integration bench-agent \
         control-plane-build control-plane-up control-plane-down lab-up lab-down clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
 
-build: ## Build every crate and binary
+deps: ## Install system packages the build and the lab need (Debian, root)
+	tests/lab/install.sh
+
+build: deps ## Build every crate and binary
 	$(CARGO) build --workspace --all-targets
 
 crds: ## Regenerate crds/*.yaml from the Rust types in api/
 	$(CARGO) run --quiet -p kvmotion-api --bin crdgen -- crds
 
-lint: ## rustfmt and clippy (warnings are errors)
+lint: deps ## rustfmt and clippy (warnings are errors)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
@@ -26,16 +29,22 @@ unit: ## Unit tests (no cluster needed; includes the CRD drift check)
 integration: ## Integration tests against the real control plane (started if needed)
 	$(CARGO) test -p kvmotion-tests
 
-# The whole suite. A control plane that was already running is left running;
-# one started here is stopped afterwards, whatever the result.
-test: lint ## Lint, unit and integration tests: what CI runs
+# The whole suite. A control plane or lab that was already running is left
+# running; what this target started it stops, whatever the result.
+test: lint ## Lint, unit, integration and lab tests: what CI runs
 	@$(CP)/build.sh
-	@was_up=false; \
-	  if [ -f target/control-plane/kubeconfig ] && $(CP)/up.sh >/dev/null 2>&1; then was_up=true; fi; \
-	  $(CP)/up.sh && \
+	@cp_up=false; lab_up=false; \
+	  if [ -f target/control-plane/kubeconfig ] && $(CP)/up.sh >/dev/null 2>&1; then cp_up=true; fi; \
+	  if tests/lab/lab.sh status 2>/dev/null | grep -q 'libvirtd pid'; then lab_up=true; fi; \
+	  $(CP)/up.sh && tests/lab/lab.sh up && \
 	  $(CARGO) test --workspace --no-fail-fast; rc=$$?; \
-	  $$was_up || $(CP)/down.sh; \
+	  $$lab_up || tests/lab/lab.sh down; \
+	  $$cp_up || $(CP)/down.sh; \
 	  exit $$rc
+
+bench-agent: ## Agent vs virsh on the lab; writes target/bench/agent.json
+	@$(CP)/up.sh && tests/lab/lab.sh up && \
+	  $(CARGO) run --release -q -p kvmotion-tests --bin bench-agent
 
 control-plane-build: ## Build kube-apiserver, etcd, kubectl and helm (cached outside the clone)
 	$(CP)/build.sh

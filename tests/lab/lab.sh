@@ -36,7 +36,7 @@ check_node() { [[ " ${NODES[*]} " == *" $1 "* ]] || die "unknown node '$1' (node
 node_exec() {
   local node=$1; shift
   alive "$node" || die "$node's libvirtd is not running (lab.sh up)"
-  exec nsenter -t "$(pid_of "$node")" -m -n -u -- "$@"
+  nsenter -t "$(pid_of "$node")" -m -n -u -- "$@"
 }
 
 write_config() { # write_config NODE
@@ -179,7 +179,10 @@ case "${1:-}" in
       if alive "$node"; then echo "$node: libvirtd pid $(pid_of "$node"), $(node_exec "$node" virsh list --name | grep -c . || true) running domain(s)"
       else echo "$node: down"; fi
     done ;;
-  exec) shift; check_node "${1:-}"; node=$1; shift; node_exec "$node" "$@" ;;
+  # The command replaces this shell, so a caller's signals reach it directly.
+  exec) shift; check_node "${1:-}"; node=$1; shift
+    alive "$node" || die "$node's libvirtd is not running (lab.sh up)"
+    exec nsenter -t "$(pid_of "$node")" -m -n -u -- "$@" ;;
   virsh) shift; check_node "${1:-}"; node=$1; shift; node_exec "$node" virsh "$@" ;;
   socket) shift; check_node "${1:-}"; echo "$(node_dir "$1")/run/libvirt/libvirt-sock" ;;
   cut) ip netns exec node-a ip link set mig0 down; ip netns exec node-b ip link set mig0 down ;;

@@ -326,15 +326,19 @@ impl Drive {
             .await
     }
 
-    /// Polls the source agent until the job ends; returns the final status
-    /// and every status seen.
+    /// Long-polls the source agent until the job ends; returns the final
+    /// status and every status seen.
     pub async fn wait(&self, agents: &Agents, within: Duration) -> (JobStatus, Vec<JobStatus>) {
         let source = agents.on(&self.source);
         let mut seen: Vec<JobStatus> = Vec::new();
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let (code, body) = source
-                .as_controller("GET", &format!("/v1/migrations/{}", self.id), None)
+                .as_controller(
+                    "GET",
+                    &format!("/v1/migrations/{}?waitSeconds=5", self.id),
+                    None,
+                )
                 .await;
             assert_eq!(code, 200, "status: {body}");
             let status: JobStatus = serde_json::from_value(body).expect("job status");
@@ -349,7 +353,6 @@ impl Drive {
                 status.phase,
                 source.log_text()
             );
-            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 }

@@ -26,20 +26,29 @@ pub fn controller_binary() -> PathBuf {
         .clone()
 }
 
-/// Builds binary `bin` of workspace package `package` (debug profile, the
-/// one tests run in) and returns its path.
+/// Builds binary `bin` of workspace package `package` in the profile the
+/// caller was built in (tests: debug; benchmarks: release) and returns its
+/// path.
 pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    // Test binaries live in <target>/<profile>/deps, other binaries in
+    // <target>/<profile>.
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.pop();
+    }
+    let mut args = vec!["build", "--quiet", "-p", package, "--bin", bin];
+    if dir.file_name().is_some_and(|n| n == "release") {
+        args.push("--release");
+    }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(cargo)
-        .args(["build", "--quiet", "-p", package, "--bin", bin])
+        .args(&args)
         .current_dir(crate::repo_root())
         .status()
         .expect("running cargo build");
     assert!(status.success(), "building {bin} failed");
-    // Test binaries live in <target>/<profile>/deps.
-    let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    profile_dir.join(bin)
+    dir.join(bin)
 }
 
 /// A free local port (bound, then released for the child to take).

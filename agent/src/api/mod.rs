@@ -154,9 +154,32 @@ async fn metrics(State(s): St) -> Response {
         .into_response()
 }
 
-async fn status(State(s): St, Path(id): Path<String>, h: HeaderMap) -> Response {
+/// `?waitSeconds=N` (at most 30) long-polls: the answer comes at the next
+/// change of the job (progress or phase), or after N seconds.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusQuery {
+    wait_seconds: Option<u64>,
+}
+
+async fn status(
+    State(s): St,
+    Path(id): Path<String>,
+    query: Result<axum::extract::Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+    h: HeaderMap,
+) -> Response {
     guarded(&s, &h, Role::Controller, "read a migration", || async {
-        Ok(s.engine.job(migration_id(&id)?)?.status())
+        let wait = query
+            .map_err(|e| Error::BadRequest(format!("query: {}", e.body_text())))?
+            .wait_seconds
+            .unwrap_or(0)
+            .min(30);
+        let job = s.engine.job(migration_id(&id)?)?;
+        let status = job.status();
+        if wait == 0 || status.phase.is_final() {
+            return Ok(status);
+        }
+        Ok(job.next_status(std::time::Duration::from_secs(wait)).await)
     })
     .await
 }

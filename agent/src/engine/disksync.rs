@@ -258,42 +258,55 @@ impl PeerClient {
             "{endpoint}{}/migrations/{id}/disks/{target}",
             kvmotion_api::agent::API_PREFIX
         );
-        let remote: BlockHashes = serde_json::from_slice(
-            &self
-                .call("GET", &format!("{base}/hashes"), Bytes::new(), None)
-                .await?,
-        )
-        .map_err(|e| Error::CallPeer {
-            endpoint: endpoint.to_string(),
-            message: format!("reading hashes: {e}"),
-        })?;
-        let remote_size = remote.size_bytes;
+        // Both sides hash at once; then only differing blocks travel, read
+        // and sent one batch at a time so memory stays at one batch.
         let p = path.to_string();
-        let (local, batches, changed) = tokio::task::spawn_blocking(move || {
-            let local = hash_file(Path::new(&p), BLOCK_SIZE)?;
-            let changed = differing(&local, &remote);
-            let batches = encode_frames(Path::new(&p), &changed, BLOCK_SIZE)?;
-            Ok::<_, std::io::Error>((local, batches, changed))
-        })
-        .await
-        .map_err(|e| Error::Task(e.to_string()))?
-        .map_err(|source| Error::DiskImage {
-            path: path.to_string(),
-            source,
-        })?;
+        let local = async {
+            tokio::task::spawn_blocking(move || hash_file(Path::new(&p), BLOCK_SIZE))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?
+                .map_err(|source| Error::DiskImage {
+                    path: path.to_string(),
+                    source,
+                })
+        };
+        let remote = async {
+            let raw = self
+                .call("GET", &format!("{base}/hashes"), Bytes::new(), None)
+                .await?;
+            serde_json::from_slice::<BlockHashes>(&raw).map_err(|e| Error::CallPeer {
+                endpoint: endpoint.to_string(),
+                message: format!("reading hashes: {e}"),
+            })
+        };
+        let (local, remote) = tokio::try_join!(local, remote)?;
+        let hashed = started.elapsed();
+        let changed = differing(&local, &remote);
         let mut sent = 0;
-        for batch in batches {
-            sent += batch.len() as u64;
-            self.call(
-                "POST",
-                &format!("{base}/blocks"),
-                batch,
-                Some(local.size_bytes),
-            )
-            .await?;
+        for chunk in changed.chunks((BATCH_BYTES / BLOCK_SIZE).max(1)) {
+            let (p, chunk) = (path.to_string(), chunk.to_vec());
+            let batches = tokio::task::spawn_blocking(move || {
+                encode_frames(Path::new(&p), &chunk, BLOCK_SIZE)
+            })
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?
+            .map_err(|source| Error::DiskImage {
+                path: path.to_string(),
+                source,
+            })?;
+            for batch in batches {
+                sent += batch.len() as u64;
+                self.call(
+                    "POST",
+                    &format!("{base}/blocks"),
+                    batch,
+                    Some(local.size_bytes),
+                )
+                .await?;
+            }
         }
         // Nothing to send but a size to fix (the image shrank, or is empty).
-        if changed.is_empty() && remote_size != local.size_bytes {
+        if changed.is_empty() && remote.size_bytes != local.size_bytes {
             self.call(
                 "POST",
                 &format!("{base}/blocks"),
@@ -302,6 +315,12 @@ impl PeerClient {
             )
             .await?;
         }
+        tracing::debug!(
+            disk = target,
+            hash_ms = hashed.as_millis() as u64,
+            send_ms = (started.elapsed() - hashed).as_millis() as u64,
+            "disk sync timings"
+        );
         Ok(PassStats {
             blocks: local.hashes.len() as u64,
             sent_blocks: changed.len() as u64,

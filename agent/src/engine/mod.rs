@@ -48,6 +48,8 @@ pub struct Job {
     pub force_requested: std::sync::atomic::AtomicBool,
     /// Wakes the monitor early for abort or force.
     pub wake: Notify,
+    /// Bumped on every status change; long-polling readers wait on it.
+    version: tokio::sync::watch::Sender<u64>,
 }
 
 impl Job {
@@ -68,6 +70,7 @@ impl Job {
             abort_requested: false.into(),
             force_requested: false.into(),
             wake: Notify::new(),
+            version: tokio::sync::watch::channel(0).0,
         }
     }
 
@@ -86,6 +89,16 @@ impl Job {
             Err(poisoned) => poisoned.into_inner(),
         };
         f(&mut guard);
+        drop(guard);
+        self.version.send_modify(|v| *v += 1);
+    }
+
+    /// The status once it changes, or after `within`, whichever is first.
+    pub async fn next_status(&self, within: Duration) -> JobStatus {
+        let mut rx = self.version.subscribe();
+        rx.mark_unchanged();
+        let _ = tokio::time::timeout(within, rx.changed()).await;
+        self.status()
     }
 }
 

@@ -119,6 +119,7 @@ impl Engine {
                 .peer
                 .sync_disk(&req.target.agent_endpoint, &job.id, &d.target, &d.path)
                 .await?;
+            info!(migration = %job.id, pass = label, disk = %d.target, sent_blocks = s.sent_blocks, blocks = s.blocks, ms = millis(s.elapsed), "disk synced");
             job.update(|st| {
                 st.actions.push(format!(
                     "DiskSync({label} {}: {}/{} blocks, {} bytes, {} ms)",
