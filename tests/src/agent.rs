@@ -121,8 +121,18 @@ impl AgentProcess {
         let log = log_dir.join(format!("agent-{label}-{node}.log"));
         let file = std::fs::File::create(&log).expect("log file");
         let mgmt = lab::management_ip(node);
-        let listen = format!("{mgmt}:{AGENT_PORT}");
-        let endpoint = format!("http://{listen}");
+        let listen = extra
+            .iter()
+            .position(|a| *a == "--listen")
+            .and_then(|i| extra.get(i + 1))
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| format!("{mgmt}:{AGENT_PORT}"));
+        let scheme = if extra.contains(&"--tls-cert") {
+            "https"
+        } else {
+            "http"
+        };
+        let endpoint = format!("{scheme}://{listen}");
         let child = Command::new("bash")
             .arg(crate::repo_root().join("tests/lab/lab.sh"))
             .args(["exec", node])
@@ -133,7 +143,12 @@ impl AgentProcess {
                 "--migration-address",
                 lab::migration_ip(node),
             ])
-            .args(["--listen", &listen, "--advertise-endpoint", &endpoint])
+            .args(["--advertise-endpoint", &endpoint])
+            .args(if extra.contains(&"--listen") {
+                vec![]
+            } else {
+                vec!["--listen", listen.as_str()]
+            })
             .arg("--kubeconfig")
             .arg(&creds.agent_kubeconfig)
             .arg("--peer-token-file")
@@ -159,11 +174,21 @@ impl AgentProcess {
             addr: listen.parse().expect("address"),
             log,
         };
+        // A TLS agent is probed by connecting; a plain one by /readyz.
+        let tls = scheme == "https";
         crate::eventually(
             Duration::from_secs(60),
             &format!("the agent on {node} to be ready"),
             || async {
-                matches!(crate::http::get(agent.addr, "/readyz").await, Ok((200, _))).then_some(())
+                if tls {
+                    tokio::net::TcpStream::connect(agent.addr)
+                        .await
+                        .ok()
+                        .map(|_| ())
+                } else {
+                    matches!(crate::http::get(agent.addr, "/readyz").await, Ok((200, _)))
+                        .then_some(())
+                }
             },
         )
         .await

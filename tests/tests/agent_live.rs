@@ -177,3 +177,81 @@ async fn an_abort_mid_flight_leaves_the_guest_running_on_the_source_and_the_targ
         .await;
     assert_eq!(code, 200, "{body}");
 }
+
+#[tokio::test]
+async fn with_post_copy_forbidden_a_hot_guest_converges_by_pausing_when_its_progress_timeout_fires()
+{
+    let _lab = exclusive().await;
+    let agents = Agents::start(module_path!(), line!()).await;
+    let spec = GuestSpec {
+        dirty_mib: 128,
+        dirty_rate: 0,
+        ..GuestSpec::default()
+    };
+    let guest = Guest::start("node-a", "live-timeout", &spec).await;
+    let before = guest.last_beat("node-a").expect("beating");
+    let mut drive = Drive::new("live-timeout-1", &guest, "node-a");
+    drive.tuning.bandwidth_mibps = 100;
+    drive.tuning.post_copy = false;
+    drive.tuning.progress_timeout_seconds = 3;
+    drive.tuning.on_timeout = kvmotion_api::tuning::TimeoutAction::Pause;
+    let (code, started) = drive.start(&agents).await;
+    assert_eq!(code, 200, "{started}");
+    let (done, _) = drive.wait(&agents, Duration::from_secs(120)).await;
+    assert_eq!(done.phase, JobPhase::Completed, "{done:?}");
+    assert!(
+        done.actions.iter().any(|a| a == "Pause"),
+        "{:?}",
+        done.actions
+    );
+    assert!(
+        !done.actions.iter().any(|a| a == "StartPostCopy"),
+        "{:?}",
+        done.actions
+    );
+    // Paused for the switch-over, then resumed on the target: same boot.
+    guest.beats_on("node-b", before).await;
+    assert_eq!(guest.state("node-a"), None);
+}
+
+#[tokio::test]
+async fn force_complete_finishes_a_migration_that_would_not_converge() {
+    let _lab = exclusive().await;
+    let agents = Agents::start(module_path!(), line!()).await;
+    let spec = GuestSpec {
+        dirty_mib: 128,
+        dirty_rate: 0,
+        ..GuestSpec::default()
+    };
+    let guest = Guest::start("node-a", "live-force", &spec).await;
+    let before = guest.last_beat("node-a").expect("beating");
+    let mut drive = Drive::new("live-force-1", &guest, "node-a");
+    drive.tuning.bandwidth_mibps = 100;
+    drive.tuning.post_copy = false;
+    drive.tuning.progress_timeout_seconds = 0;
+    drive.tuning.completion_timeout_per_gib_seconds = 0;
+    let (code, started) = drive.start(&agents).await;
+    assert_eq!(code, 200, "{started}");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let (_, still) = agents
+        .a
+        .as_controller("GET", "/v1/migrations/live-force-1", None)
+        .await;
+    assert_eq!(
+        still["phase"], "Running",
+        "the job should not have finished alone: {still}"
+    );
+    let (code, body) = agents
+        .a
+        .as_controller("POST", "/v1/migrations/live-force-1/force-complete", None)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let (done, _) = drive.wait(&agents, Duration::from_secs(60)).await;
+    assert_eq!(done.phase, JobPhase::Completed, "{done:?}");
+    assert!(
+        done.actions.iter().any(|a| a == "Pause"),
+        "without post-copy, force-complete pauses: {:?}",
+        done.actions
+    );
+    guest.beats_on("node-b", before).await;
+}
