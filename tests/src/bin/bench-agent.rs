@@ -170,8 +170,9 @@ async fn hot(agents: &Agents) -> serde_json::Value {
     }
     if !precopy_converged {
         let _ = virsh("node-a", &["domjobabort", &guest.name]);
-        let _ = child.wait();
     }
+    // Reaps the client either way (returns at once if it already exited).
+    let _ = child.wait();
     let mut at = if guest.state("node-a").as_deref() == Some("running") {
         "node-a"
     } else {
