@@ -199,17 +199,7 @@ impl From<LibvirtError> for Error {
     }
 }
 
-/// The error with its causes on one line.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
-}
+pub use kvmotion_api::error_chain as chain;
 
 /// Runs a blocking libvirt call on the blocking pool.
 pub async fn blocking<T: Send + 'static>(

@@ -25,5 +25,17 @@ pub use tuning::MigrationTuning;
 pub const GROUP: &str = "kvmotion.io";
 /// The one served and stored version.
 pub const VERSION: &str = "v1alpha1";
+/// An error and its causes on one line ("a: b: c"), for logs and messages.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 /// Field manager the controller uses for server-side apply.
 pub const CONTROLLER_MANAGER: &str = "kvmotion-controller";

@@ -63,14 +63,4 @@ impl Error {
     }
 }
 
-/// Renders an error with its chain of causes on one line, for logs.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
-}
+pub use kvmotion_api::error_chain as chain;

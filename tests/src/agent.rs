@@ -308,6 +308,43 @@ impl Drive {
         }
     }
 
+    /// Makes a job that cannot finish on its own: capped at `mibps`, no
+    /// post-copy, no timeouts (for abort, fault and force tests).
+    pub fn held_back(mut self, mibps: u32) -> Drive {
+        self.tuning.bandwidth_mibps = mibps;
+        self.tuning.post_copy = false;
+        self.tuning.progress_timeout_seconds = 0;
+        self.tuning.completion_timeout_per_gib_seconds = 0;
+        self.tuning.on_timeout = kvmotion_api::tuning::TimeoutAction::Abort;
+        self
+    }
+
+    /// Copies `disk` of the guest along (a node-local disk).
+    pub fn with_copied_disk(mut self, guest: &lab::Guest, capacity_bytes: u64) -> Drive {
+        self.disks.push(DiskPlan {
+            target: "vda".into(),
+            path: guest.disk.clone().expect("the guest has a disk"),
+            format: "qcow2".into(),
+            capacity_bytes,
+            copy: true,
+        });
+        self
+    }
+
+    /// Waits until the running job has moved more than `bytes`.
+    pub async fn wait_for_data(&self, agents: &Agents, bytes: u64) {
+        let path = format!("/v1/migrations/{}", self.id);
+        crate::eventually(Duration::from_secs(30), "data to flow", || async {
+            let (_, s) = agents
+                .on(&self.source)
+                .as_controller("GET", &path, None)
+                .await;
+            (s["progress"]["dataProcessedBytes"].as_u64().unwrap_or(0) > bytes).then_some(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", agents.on(&self.source).log_text()));
+    }
+
     /// The prepare request.
     pub fn prepare_request(&self) -> PrepareRequest {
         PrepareRequest {

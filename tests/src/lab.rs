@@ -118,6 +118,17 @@ pub struct GuestSpec {
     pub prefill_mib: u64,
 }
 
+impl GuestSpec {
+    /// A guest that dirties 128 MiB flat out: faster than a capped link drains.
+    pub fn hot() -> GuestSpec {
+        GuestSpec {
+            dirty_mib: 128,
+            dirty_rate: 0,
+            ..GuestSpec::default()
+        }
+    }
+}
+
 /// Where a guest's disk lies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DiskKind {

@@ -118,16 +118,7 @@ async fn malformed_requests_get_a_json_4xx() {
 async fn impossible_migrations_are_refused_each_with_its_own_reason() {
     let _lab = exclusive().await;
     let agents = Agents::start(module_path!(), line!()).await;
-    let guest = Guest::start(
-        "node-a",
-        "api-refusals",
-        &GuestSpec {
-            dirty_mib: 128,
-            dirty_rate: 0,
-            ..GuestSpec::default()
-        },
-    )
-    .await;
+    let guest = Guest::start("node-a", "api-refusals", &GuestSpec::hot()).await;
     let drive = Drive::new("refusal-base", &guest, "node-a");
     let prepare = |changes: Value| {
         let mut body = serde_json::to_value(drive.prepare_request()).expect("json");
@@ -199,11 +190,7 @@ async fn impossible_migrations_are_refused_each_with_its_own_reason() {
     assert_eq!((code, reason(&body)), (409, "DomainExists"), "{body}");
 
     // A second migration of a VM that is already moving.
-    let mut first = Drive::new("refusal-first", &guest, "node-a");
-    first.tuning.bandwidth_mibps = 20;
-    first.tuning.post_copy = false;
-    first.tuning.progress_timeout_seconds = 0;
-    first.tuning.completion_timeout_per_gib_seconds = 0;
+    let first = Drive::new("refusal-first", &guest, "node-a").held_back(20);
     let (code, body) = first.start(&agents).await;
     assert_eq!(code, 200, "{body}");
     let second = Drive::new("refusal-second", &guest, "node-a");

@@ -12,32 +12,13 @@ async fn killing_the_target_libvirtd_mid_migration_fails_clearly_and_the_guest_s
 {
     let _lab = exclusive().await;
     let agents = Agents::start(module_path!(), line!()).await;
-    let guest = Guest::start(
-        "node-a",
-        "fault-target",
-        &GuestSpec {
-            dirty_mib: 128,
-            dirty_rate: 0,
-            ..GuestSpec::default()
-        },
-    )
-    .await;
+    let guest = Guest::start("node-a", "fault-target", &GuestSpec::hot()).await;
     let before = guest.last_beat("node-a").expect("beating");
 
-    let mut drive = Drive::new("fault-target-1", &guest, "node-a");
-    drive.tuning.bandwidth_mibps = 30;
-    drive.tuning.post_copy = false;
+    let drive = Drive::new("fault-target-1", &guest, "node-a").held_back(30);
     let (code, body) = drive.start(&agents).await;
     assert_eq!(code, 200, "{body}");
-    kvmotion_tests::eventually(Duration::from_secs(30), "data to flow", || async {
-        let (_, s) = agents
-            .a
-            .as_controller("GET", "/v1/migrations/fault-target-1", None)
-            .await;
-        (s["progress"]["dataProcessedBytes"].as_u64().unwrap_or(0) > 8 << 20).then_some(())
-    })
-    .await
-    .unwrap();
+    drive.wait_for_data(&agents, 8 << 20).await;
 
     lab(&["kill-libvirtd", "node-b"]);
     let (done, _) = drive.wait(&agents, Duration::from_secs(90)).await;

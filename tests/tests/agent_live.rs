@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use kvmotion_api::agent::{DiskPlan, JobPhase};
+use kvmotion_api::agent::JobPhase;
 use kvmotion_tests::agent::{Agents, Drive};
 use kvmotion_tests::lab::{DiskKind, Guest, GuestSpec, exclusive};
 
@@ -65,14 +65,8 @@ async fn a_guest_with_a_node_local_disk_moves_live_with_its_storage() {
     let before = guest.last_beat("node-a").expect("beating");
     let path = guest.disk.clone().expect("disk");
 
-    let mut drive = Drive::new("live-local-1", &guest, "node-a");
-    drive.disks = vec![DiskPlan {
-        target: "vda".into(),
-        path: path.clone(),
-        format: "qcow2".into(),
-        capacity_bytes: spec.disk_mib << 20,
-        copy: true,
-    }];
+    let drive =
+        Drive::new("live-local-1", &guest, "node-a").with_copied_disk(&guest, spec.disk_mib << 20);
     let (code, started) = drive.start(&agents).await;
     assert_eq!(code, 200, "{started}");
     let (done, _) = drive.wait(&agents, Duration::from_secs(90)).await;
@@ -95,11 +89,7 @@ async fn a_guest_with_a_node_local_disk_moves_live_with_its_storage() {
 async fn a_hot_guest_that_pre_copy_cannot_move_converges_under_the_default_policy() {
     let _lab = exclusive().await;
     let agents = Agents::start(module_path!(), line!()).await;
-    let spec = GuestSpec {
-        dirty_mib: 128,
-        dirty_rate: 0,
-        ..GuestSpec::default()
-    };
+    let spec = GuestSpec::hot();
     let guest = Guest::start("node-a", "live-hot", &spec).await;
     let before = guest.last_beat("node-a").expect("beating");
 
@@ -130,32 +120,14 @@ async fn a_hot_guest_that_pre_copy_cannot_move_converges_under_the_default_polic
 async fn an_abort_mid_flight_leaves_the_guest_running_on_the_source_and_the_target_clean() {
     let _lab = exclusive().await;
     let agents = Agents::start(module_path!(), line!()).await;
-    let spec = GuestSpec {
-        dirty_mib: 128,
-        dirty_rate: 0,
-        ..GuestSpec::default()
-    };
+    let spec = GuestSpec::hot();
     let guest = Guest::start("node-a", "live-abort", &spec).await;
     let before = guest.last_beat("node-a").expect("beating");
 
-    let mut drive = Drive::new("live-abort-1", &guest, "node-a");
-    // A job that cannot finish on its own: capped, no post-copy, no timeouts.
-    drive.tuning.bandwidth_mibps = 50;
-    drive.tuning.post_copy = false;
-    drive.tuning.progress_timeout_seconds = 0;
-    drive.tuning.completion_timeout_per_gib_seconds = 0;
-    drive.tuning.on_timeout = kvmotion_api::tuning::TimeoutAction::Abort;
+    let drive = Drive::new("live-abort-1", &guest, "node-a").held_back(50);
     let (code, started) = drive.start(&agents).await;
     assert_eq!(code, 200, "{started}");
-    kvmotion_tests::eventually(Duration::from_secs(30), "data to flow", || async {
-        let (_, s) = agents
-            .a
-            .as_controller("GET", "/v1/migrations/live-abort-1", None)
-            .await;
-        (s["progress"]["dataProcessedBytes"].as_u64().unwrap_or(0) > 16 << 20).then_some(())
-    })
-    .await
-    .unwrap();
+    drive.wait_for_data(&agents, 16 << 20).await;
     let (code, body) = agents
         .a
         .as_controller("POST", "/v1/migrations/live-abort-1/abort", None)
@@ -183,11 +155,7 @@ async fn with_post_copy_forbidden_a_hot_guest_converges_by_pausing_when_its_prog
 {
     let _lab = exclusive().await;
     let agents = Agents::start(module_path!(), line!()).await;
-    let spec = GuestSpec {
-        dirty_mib: 128,
-        dirty_rate: 0,
-        ..GuestSpec::default()
-    };
+    let spec = GuestSpec::hot();
     let guest = Guest::start("node-a", "live-timeout", &spec).await;
     let before = guest.last_beat("node-a").expect("beating");
     let mut drive = Drive::new("live-timeout-1", &guest, "node-a");
@@ -218,18 +186,10 @@ async fn with_post_copy_forbidden_a_hot_guest_converges_by_pausing_when_its_prog
 async fn force_complete_finishes_a_migration_that_would_not_converge() {
     let _lab = exclusive().await;
     let agents = Agents::start(module_path!(), line!()).await;
-    let spec = GuestSpec {
-        dirty_mib: 128,
-        dirty_rate: 0,
-        ..GuestSpec::default()
-    };
+    let spec = GuestSpec::hot();
     let guest = Guest::start("node-a", "live-force", &spec).await;
     let before = guest.last_beat("node-a").expect("beating");
-    let mut drive = Drive::new("live-force-1", &guest, "node-a");
-    drive.tuning.bandwidth_mibps = 100;
-    drive.tuning.post_copy = false;
-    drive.tuning.progress_timeout_seconds = 0;
-    drive.tuning.completion_timeout_per_gib_seconds = 0;
+    let drive = Drive::new("live-force-1", &guest, "node-a").held_back(100);
     let (code, started) = drive.start(&agents).await;
     assert_eq!(code, 200, "{started}");
     tokio::time::sleep(Duration::from_secs(6)).await;

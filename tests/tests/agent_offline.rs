@@ -4,20 +4,10 @@
 
 use std::time::Duration;
 
-use kvmotion_api::agent::{DiskPlan, JobPhase};
+use kvmotion_api::agent::JobPhase;
 use kvmotion_api::migration::MigrationMode;
 use kvmotion_tests::agent::{Agents, Drive};
 use kvmotion_tests::lab::{DiskKind, Guest, GuestSpec, exclusive, lab};
-
-fn local_disk(guest: &Guest, spec: &GuestSpec) -> DiskPlan {
-    DiskPlan {
-        target: "vda".into(),
-        path: guest.disk.clone().expect("disk"),
-        format: "qcow2".into(),
-        capacity_bytes: spec.disk_mib << 20,
-        copy: true,
-    }
-}
 
 fn sha256(node: &str, path: &str) -> String {
     lab(&["exec", node, "sha256sum", path])
@@ -41,12 +31,12 @@ async fn a_shut_off_vm_moves_its_definition_and_an_identical_local_disk() {
         .beats_on("node-a", guest.last_beat("node-a").expect("beating"))
         .await;
     lab(&["virsh", "node-a", "destroy", &guest.name]);
-    let disk = local_disk(&guest, &spec);
-    let source_sum = sha256("node-a", &disk.path);
+    let path = guest.disk.clone().expect("disk");
+    let source_sum = sha256("node-a", &path);
 
-    let mut drive = Drive::new("off-defined-1", &guest, "node-a");
+    let mut drive =
+        Drive::new("off-defined-1", &guest, "node-a").with_copied_disk(&guest, spec.disk_mib << 20);
     drive.mode = MigrationMode::Offline;
-    drive.disks = vec![disk.clone()];
     let (code, started) = drive.start(&agents).await;
     assert_eq!(code, 200, "{started}");
     let (done, _) = drive.wait(&agents, Duration::from_secs(120)).await;
@@ -58,7 +48,7 @@ async fn a_shut_off_vm_moves_its_definition_and_an_identical_local_disk() {
         "the definition must move"
     );
     assert_eq!(
-        sha256("node-b", &disk.path),
+        sha256("node-b", &path),
         source_sum,
         "the disk differs after the sync"
     );
@@ -97,7 +87,7 @@ async fn a_running_vm_moved_offline_resumes_on_the_target_without_a_reboot() {
 
     let mut drive = Drive::new("off-running-1", &guest, "node-a");
     drive.mode = MigrationMode::Offline;
-    drive.disks = vec![local_disk(&guest, &spec)];
+    drive = drive.with_copied_disk(&guest, spec.disk_mib << 20);
     let (code, started) = drive.start(&agents).await;
     assert_eq!(code, 200, "{started}");
     let (done, _) = drive.wait(&agents, Duration::from_secs(180)).await;
