@@ -6,7 +6,9 @@ pub mod error;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod policy;
 pub mod reconcile;
 pub mod run;
+pub mod schedule;
 
 pub use error::Error;

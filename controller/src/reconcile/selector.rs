@@ -149,3 +149,74 @@ mod tests {
         );
     }
 }
+
+/// Whether `labels` match `sel` (which `validate` accepted).
+pub fn matches(sel: &LabelSelector, labels: &std::collections::BTreeMap<String, String>) -> bool {
+    let by_labels = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_expressions = sel.match_expressions.iter().flatten().all(|req| {
+        let values = req.values.as_deref().unwrap_or_default();
+        let have = labels.get(&req.key);
+        match req.operator.as_str() {
+            "In" => have.is_some_and(|v| values.contains(v)),
+            "NotIn" => !have.is_some_and(|v| values.contains(v)),
+            "Exists" => have.is_some(),
+            "DoesNotExist" => have.is_none(),
+            // Unknown operators never reach here (validate refuses them);
+            // matching nothing is the safe answer.
+            _ => false,
+        }
+    });
+    by_labels && by_expressions
+}
+
+#[cfg(test)]
+mod matching {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    #[test]
+    fn selectors_match_labels_like_kubernetes() {
+        let labels: std::collections::BTreeMap<String, String> = [
+            ("rack".to_string(), "r2".to_string()),
+            ("gpu".to_string(), "yes".to_string()),
+        ]
+        .into();
+        let req = |op: &str, key: &str, vals: &[&str]| LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: key.into(),
+                operator: op.into(),
+                values: Some(vals.iter().map(|v| v.to_string()).collect()),
+            }]),
+            match_labels: None,
+        };
+        let cases = [
+            (LabelSelector::default(), true),
+            (
+                LabelSelector {
+                    match_labels: Some([("rack".into(), "r2".into())].into()),
+                    match_expressions: None,
+                },
+                true,
+            ),
+            (
+                LabelSelector {
+                    match_labels: Some([("rack".into(), "r1".into())].into()),
+                    match_expressions: None,
+                },
+                false,
+            ),
+            (req("In", "rack", &["r1", "r2"]), true),
+            (req("NotIn", "rack", &["r2"]), false),
+            (req("NotIn", "zone", &["a"]), true),
+            (req("Exists", "gpu", &[]), true),
+            (req("DoesNotExist", "gpu", &[]), false),
+        ];
+        for (i, (sel, want)) in cases.into_iter().enumerate() {
+            assert_eq!(matches(&sel, &labels), want, "case {i}: {sel:?}");
+        }
+    }
+}
