@@ -267,6 +267,24 @@ mod tests {
         Timestamp::from_second(1_800_000_000).unwrap()
     }
 
+    /// Inputs for checking one node against `source` (4 GiB VM unless said).
+    fn inputs<'a>(
+        source: &'a Hypervisor,
+        beats: &'a BTreeMap<String, Timestamp>,
+        none: &'a BTreeMap<String, u32>,
+    ) -> Inputs<'a> {
+        Inputs {
+            vm_memory_bytes: 4 * GIB,
+            source,
+            hypervisors: &[],
+            heartbeats: beats,
+            inbound: none,
+            selector: None,
+            now: now(),
+            heartbeat_max_age: Duration::from_secs(40),
+        }
+    }
+
     fn choose_among(
         nodes: Vec<Hypervisor>,
         inbound: &[(&str, u32)],
@@ -337,16 +355,8 @@ mod tests {
         let source = hv("src", 1, |_| {});
         for (name, node, want) in cases {
             let beats: BTreeMap<String, Timestamp> = [("n".to_string(), now())].into();
-            let inp = Inputs {
-                vm_memory_bytes: 4 * GIB,
-                source: &source,
-                hypervisors: &[],
-                heartbeats: &beats,
-                inbound: &BTreeMap::new(),
-                selector: None,
-                now: now(),
-                heartbeat_max_age: Duration::from_secs(40),
-            };
+            let none = BTreeMap::new();
+            let inp = inputs(&source, &beats, &none);
             assert_eq!(
                 exclusion(&inp, &node).map(|e| e.reason()),
                 Some(want),
@@ -367,16 +377,8 @@ mod tests {
             )]
             .into(),
         ] {
-            let inp = Inputs {
-                vm_memory_bytes: GIB,
-                source: &source,
-                hypervisors: &[],
-                heartbeats: &beats,
-                inbound: &BTreeMap::new(),
-                selector: None,
-                now: now(),
-                heartbeat_max_age: Duration::from_secs(40),
-            };
+            let none = BTreeMap::new();
+            let inp = inputs(&source, &beats, &none);
             assert_eq!(exclusion(&inp, &node), Some(Exclusion::AgentUnavailable));
         }
     }
