@@ -119,6 +119,18 @@ pub struct GuestSpec {
 }
 
 impl GuestSpec {
+    /// The disk in the node-local directory instead of shared storage.
+    pub fn local_disk(mut self) -> GuestSpec {
+        self.disk = DiskKind::Local;
+        self
+    }
+
+    /// Stamps every heartbeat into the disk, so its blocks change while it runs.
+    pub fn stamping(mut self) -> GuestSpec {
+        self.stamp_disk = true;
+        self
+    }
+
     /// A guest that dirties 128 MiB flat out: faster than a capped link drains.
     pub fn hot() -> GuestSpec {
         GuestSpec {

@@ -8,7 +8,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
 use kvmotion_api::hypervisor::{DomainState, Hypervisor};
 use kvmotion_tests::agent::{Agents, credentials};
-use kvmotion_tests::lab::{DiskKind, Guest, GuestSpec, exclusive, lab};
+use kvmotion_tests::lab::{Guest, GuestSpec, exclusive, lab};
 use kvmotion_tests::{control_plane, eventually};
 
 #[tokio::test]
@@ -18,15 +18,7 @@ async fn the_hypervisor_status_describes_the_node_and_follows_its_domains() {
     let client = control_plane().client().await;
     let hvs: Api<Hypervisor> = Api::all(client.clone());
     let shared = Guest::start("node-a", "inv-shared", &GuestSpec::default()).await;
-    let local = Guest::start(
-        "node-a",
-        "inv-local",
-        &GuestSpec {
-            disk: DiskKind::Local,
-            ..GuestSpec::default()
-        },
-    )
-    .await;
+    let local = Guest::start("node-a", "inv-local", &GuestSpec::default().local_disk()).await;
 
     let status = eventually(
         Duration::from_secs(30),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kvmotion_api::agent::JobPhase;
 use kvmotion_tests::agent::{Agents, Drive};
-use kvmotion_tests::lab::{DiskKind, Guest, GuestSpec, exclusive};
+use kvmotion_tests::lab::{Guest, GuestSpec, exclusive};
 
 #[tokio::test]
 async fn an_idle_guest_on_shared_storage_moves_live_and_keeps_running() {
@@ -56,11 +56,7 @@ async fn an_idle_guest_on_shared_storage_moves_live_and_keeps_running() {
 async fn a_guest_with_a_node_local_disk_moves_live_with_its_storage() {
     let _lab = exclusive().await;
     let agents = Agents::start(module_path!(), line!()).await;
-    let spec = GuestSpec {
-        disk: DiskKind::Local,
-        stamp_disk: true,
-        ..GuestSpec::default()
-    };
+    let spec = GuestSpec::default().local_disk().stamping();
     let guest = Guest::start("node-a", "live-local", &spec).await;
     let before = guest.last_beat("node-a").expect("beating");
     let path = guest.disk.clone().expect("disk");

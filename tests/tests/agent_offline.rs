@@ -21,11 +21,7 @@ fn sha256(node: &str, path: &str) -> String {
 async fn a_shut_off_vm_moves_its_definition_and_an_identical_local_disk() {
     let _lab = exclusive().await;
     let agents = Agents::start(module_path!(), line!()).await;
-    let spec = GuestSpec {
-        disk: DiskKind::Local,
-        stamp_disk: true,
-        ..GuestSpec::default()
-    };
+    let spec = GuestSpec::default().local_disk().stamping();
     let guest = Guest::start("node-a", "off-defined", &spec).await;
     let before = guest
         .beats_on("node-a", guest.last_beat("node-a").expect("beating"))
