@@ -41,3 +41,42 @@ async fn killing_the_target_libvirtd_mid_migration_fails_clearly_and_the_guest_s
     .await
     .unwrap_or_else(|e| panic!("{e}: node-b reports {:?}", guest.state("node-b")));
 }
+
+#[tokio::test]
+async fn cutting_the_migration_network_mid_migration_fails_it_and_the_guest_stays_on_the_source() {
+    let _lab = exclusive().await;
+    let agents = Agents::start(module_path!(), line!()).await;
+    let guest = Guest::start("node-a", "fault-cut", &GuestSpec::hot()).await;
+    let before = guest.last_beat("node-a").expect("beating");
+
+    let drive = Drive::new("fault-cut-1", &guest, "node-a").held_back(30);
+    let (code, body) = drive.start(&agents).await;
+    assert_eq!(code, 200, "{body}");
+    drive.wait_for_data(&agents, 8 << 20).await;
+
+    lab(&["cut"]);
+    // libvirt's keepalive between the daemons notices the dead link.
+    let waited = std::panic::AssertUnwindSafe(drive.wait(&agents, Duration::from_secs(150)));
+    let outcome = catching(waited).await;
+    lab(&["restore"]);
+    let (done, _) = outcome.unwrap_or_else(|e| std::panic::resume_unwind(e));
+
+    assert_eq!(done.phase, JobPhase::Failed, "{done:?}");
+    assert_eq!(done.vm_node.as_deref(), Some("node-a"), "{done:?}");
+    guest.beats_on("node-a", before).await;
+    kvmotion_tests::eventually(
+        Duration::from_secs(60),
+        "node-b to drop the incoming guest",
+        || async { guest.state("node-b").is_none().then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: node-b reports {:?}", guest.state("node-b")));
+}
+
+/// Runs `f`, catching a panic so the caller can restore the link first.
+async fn catching<T>(
+    f: std::panic::AssertUnwindSafe<impl std::future::Future<Output = T>>,
+) -> Result<T, Box<dyn std::any::Any + Send>> {
+    use futures::FutureExt;
+    f.catch_unwind().await
+}
