@@ -7,6 +7,7 @@ pub mod http;
 pub mod leader;
 pub mod metrics;
 pub mod policy;
+pub mod precheck;
 pub mod reconcile;
 pub mod run;
 pub mod schedule;
