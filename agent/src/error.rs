@@ -79,6 +79,17 @@ pub enum Error {
     /// The request is malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// No endpoint at that path.
+    #[error("no endpoint {0}; see the README's agent API table")]
+    UnknownEndpoint(String),
+    /// The endpoint exists but not for this method.
+    #[error("{method} is not allowed on {path}")]
+    MethodNotAllowed {
+        /// The method used.
+        method: String,
+        /// The path.
+        path: String,
+    },
     /// No or an invalid bearer token.
     #[error("{0}")]
     Unauthenticated(String),
@@ -152,6 +163,8 @@ impl Error {
             | Error::InsufficientMemory { .. }
             | Error::CpuIncompatible { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::UnknownEndpoint(_) => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden { .. } => StatusCode::FORBIDDEN,
             Error::CallPeer { .. } => StatusCode::BAD_GATEWAY,
@@ -179,6 +192,8 @@ impl Error {
             Error::UnknownMigration { .. } => "UnknownMigration",
             Error::Conflict(_) => "Conflict",
             Error::BadRequest(_) => "BadRequest",
+            Error::UnknownEndpoint(_) => "UnknownEndpoint",
+            Error::MethodNotAllowed { .. } => "MethodNotAllowed",
             Error::Unauthenticated(_) => "Unauthenticated",
             Error::Forbidden { .. } => "Forbidden",
             Error::ReviewToken(_) => "ReviewToken",

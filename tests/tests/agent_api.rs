@@ -97,8 +97,8 @@ async fn malformed_requests_get_a_json_4xx() {
         ),
         ("POST", "/v1/migrations/m1/prepare", None, 400, "BadRequest"),
         ("GET", "/v1/migrations/Bad_Id", None, 400, "BadRequest"),
-        ("GET", "/v1/no-such-thing", None, 404, "BadRequest"),
-        ("DELETE", "/v1/migrations/m1", None, 405, "BadRequest"),
+        ("GET", "/v1/no-such-thing", None, 404, "UnknownEndpoint"),
+        ("DELETE", "/v1/migrations/m1", None, 405, "MethodNotAllowed"),
     ];
     for (method, path, body, want_code, want_reason) in cases {
         let (code, answer) = a.call(method, path, Some(&token), body.as_ref()).await;

@@ -73,24 +73,18 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(disk_blocks).layer(DefaultBodyLimit::max(64 << 20)),
         )
         .route(&format!("{v1}/domains/{{vm}}"), get(domain))
-        .fallback(|| async {
-            Error::BadRequest("no such endpoint; see the README's agent API table".into())
-                .with_status(StatusCode::NOT_FOUND)
-        })
-        .method_not_allowed_fallback(|| async {
-            Error::BadRequest("method not allowed on this endpoint".into())
-                .with_status(StatusCode::METHOD_NOT_ALLOWED)
-        })
+        .fallback(
+            |uri: axum::http::Uri| async move { Error::UnknownEndpoint(uri.path().to_string()) },
+        )
+        .method_not_allowed_fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                Error::MethodNotAllowed {
+                    method: method.to_string(),
+                    path: uri.path().to_string(),
+                }
+            },
+        )
         .with_state(state)
-}
-
-impl Error {
-    /// The error's body with another status (routing errors).
-    fn with_status(self, status: StatusCode) -> Response {
-        let mut r = self.into_response();
-        *r.status_mut() = status;
-        r
-    }
 }
 
 /// A migration id: the migration object's UID, or any DNS-label-like name.
