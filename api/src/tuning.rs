@@ -55,6 +55,8 @@ pub struct MigrationTuning {
     pub post_copy: Option<bool>,
 
     /// Number of parallel connections for the memory stream (1 to 16).
+    /// More than one excludes post-copy (QEMU cannot combine them): such a
+    /// migration converges by the downtime ramp and onTimeout Pause or Abort.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 16))]
     pub parallel_connections: Option<u8>,

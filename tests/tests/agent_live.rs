@@ -211,3 +211,38 @@ async fn force_complete_finishes_a_migration_that_would_not_converge() {
     );
     guest.beats_on("node-b", before).await;
 }
+
+#[tokio::test]
+async fn stream_options_parallel_connections_auto_converge_and_compression_move_the_guest() {
+    let _lab = exclusive().await;
+    let agents = Agents::start(module_path!(), line!()).await;
+    let guest = Guest::start("node-a", "live-options", &GuestSpec::default()).await;
+    let before = guest.last_beat("node-a").expect("beating");
+
+    // Parallel connections: QEMU cannot combine them with post-copy, so
+    // the agent turns post-copy off for the job and says so.
+    let mut parallel = Drive::new("live-options-1", &guest, "node-a");
+    parallel.tuning.parallel_connections = 2;
+    let (code, started) = parallel.start(&agents).await;
+    assert_eq!(code, 200, "{started}");
+    let (done, _) = parallel.wait(&agents, Duration::from_secs(60)).await;
+    assert_eq!(done.phase, JobPhase::Completed, "{done:?}");
+    assert!(
+        done.actions
+            .iter()
+            .any(|a| a == "PostCopyOff(parallel connections)"),
+        "{:?}",
+        done.actions
+    );
+    let mid = guest.beats_on("node-b", before).await;
+
+    let mut tuned = Drive::new("live-options-2", &guest, "node-b");
+    tuned.tuning.auto_converge = true;
+    tuned.tuning.compression = kvmotion_api::tuning::Compression::Xbzrle;
+    let (code, started) = tuned.start(&agents).await;
+    assert_eq!(code, 200, "{started}");
+    let (done, _) = tuned.wait(&agents, Duration::from_secs(60)).await;
+    assert_eq!(done.phase, JobPhase::Completed, "{done:?}");
+    guest.beats_on("node-a", mid).await;
+    assert_eq!(guest.state("node-b"), None);
+}

@@ -89,7 +89,10 @@ impl Engine {
         Ok(job.status())
     }
 
-    async fn run(self: Arc<Self>, job: Arc<Job>, req: StartRequest, info: DomainInfo) {
+    async fn run(self: Arc<Self>, job: Arc<Job>, mut req: StartRequest, info: DomainInfo) {
+        if let Some(note) = reconcile_tuning(&mut req.tuning) {
+            job.update(|s| s.actions.push(note.into()));
+        }
         let outcome = match (req.mode, info.state) {
             (MigrationMode::Live, _) => self.run_libvirt_job(&job, &req, true, false).await,
             (MigrationMode::Offline, DomainState::ShutOff) => {
@@ -172,12 +175,16 @@ impl Engine {
                 r = &mut migration => break r,
                 _ = ticker.tick() => {}
                 _ = job.wake.notified() => {}
-                ev = events.recv() => {
-                    if let Ok(LibvirtEvent::JobCompleted { uuid: u, stats }) = ev && u == uuid {
+                ev = events.recv() => match ev {
+                    Ok(LibvirtEvent::JobCompleted { uuid: u, stats }) if u == uuid => {
                         final_stats = Some(stats);
+                        continue;
                     }
-                    continue;
-                }
+                    // A new memory pass: decide now, where the stall rule
+                    // looks, not at the next tick.
+                    Ok(LibvirtEvent::Iteration { uuid: u, .. }) if u == uuid => {}
+                    _ => continue,
+                },
             }
             if job.abort_requested.load(Ordering::SeqCst) && !abort_sent {
                 abort_sent = true;
@@ -334,6 +341,18 @@ async fn wait_for_completion(
     }
 }
 
+/// Settles combinations QEMU refuses before anything reads the tuning:
+/// post-copy does not work with parallel connections (multifd) in QEMU 10,
+/// so asking for parallel connections turns post-copy off for the job.
+/// Returns a note for the job's actions when it changed something.
+fn reconcile_tuning(t: &mut ResolvedTuning) -> Option<&'static str> {
+    if t.parallel_connections > 1 && t.post_copy {
+        t.post_copy = false;
+        return Some("PostCopyOff(parallel connections)");
+    }
+    None
+}
+
 /// The mode's requirements on the domain's state.
 fn check_mode(info: &DomainInfo, mode: MigrationMode) -> Result<(), Error> {
     let ok = match (mode, info.state) {
@@ -409,6 +428,22 @@ mod tests {
             persistent,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn parallel_connections_turn_post_copy_off() {
+        let mut t = ResolvedTuning {
+            parallel_connections: 4,
+            ..ResolvedTuning::default()
+        };
+        assert_eq!(
+            reconcile_tuning(&mut t),
+            Some("PostCopyOff(parallel connections)")
+        );
+        assert!(!t.post_copy);
+        let mut single = ResolvedTuning::default();
+        assert_eq!(reconcile_tuning(&mut single), None);
+        assert!(single.post_copy);
     }
 
     #[test]
