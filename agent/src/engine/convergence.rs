@@ -110,6 +110,8 @@ pub enum AbortReason {
     ProgressTimeout,
     /// The completion timeout passed.
     CompletionTimeout,
+    /// Someone asked for it (abort, or deleting the migration).
+    Requested,
 }
 
 impl AbortReason {
@@ -118,6 +120,7 @@ impl AbortReason {
         match self {
             AbortReason::ProgressTimeout => "ProgressTimeout",
             AbortReason::CompletionTimeout => "CompletionTimeout",
+            AbortReason::Requested => "Aborted",
         }
     }
 }

@@ -20,6 +20,11 @@ use tokio::sync::Notify;
 use crate::error::{Error, blocking};
 use crate::libvirt::Libvirt;
 
+/// Milliseconds of `d`, saturating, as reported in job results.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Addresses and knobs of this node's engine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {

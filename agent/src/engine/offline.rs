@@ -5,7 +5,7 @@
 //! never a reboot, and stopped only for the delta and the memory.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kvmotion_api::agent::{JobPhase, StartRequest};
 use kvmotion_api::migration::{MigrationResult, TransferMode};
@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::disksync::PassStats;
 use super::source::Outcome;
-use super::{Engine, Job};
+use super::{Engine, Job, millis};
 use crate::error::{Error, blocking};
 use crate::libvirt::MigrateCall;
 
@@ -138,8 +138,4 @@ impl Engine {
         }
         Ok(total)
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -13,7 +13,7 @@ use kvmotion_api::tuning::Compression;
 use tracing::{info, warn};
 
 use super::convergence::{self, Action, Policy, Tracker};
-use super::{Engine, Job, progress};
+use super::{Engine, Job, millis, progress};
 use crate::error::{Error, blocking};
 use crate::libvirt::{FinalStats, LibvirtEvent, MigrateCall};
 
@@ -190,7 +190,7 @@ impl Engine {
                 abort_sent = true;
                 self.act(
                     job,
-                    Action::Abort(convergence::AbortReason::ProgressTimeout),
+                    Action::Abort(convergence::AbortReason::Requested),
                     "Abort(requested)",
                 )
                 .await;
@@ -318,10 +318,6 @@ impl Engine {
         }
         job.update(|s| s.actions.push(name));
     }
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 async fn wait_for_completion(

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use kvmotion_api::agent::DomainRef;
-use kvmotion_api::hypervisor::{DiskInfo, DomainInfo, DomainState, HostMemory};
+use kvmotion_api::hypervisor::{DiskInfo, DomainInfo, DomainState, HostCpu, HostMemory};
 use tokio::sync::broadcast;
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -23,6 +23,9 @@ pub struct VirtLibvirt {
     uri: String,
     shared_paths: Vec<String>,
     conn: Mutex<Option<Connect>>,
+    /// The host CPU from the capabilities document: fixed while a
+    /// connection lives, so read once per connection, not every poll.
+    host_cpu: Mutex<Option<HostCpu>>,
     events: broadcast::Sender<LibvirtEvent>,
 }
 
@@ -44,6 +47,7 @@ impl VirtLibvirt {
             uri: uri.to_string(),
             shared_paths,
             conn: Mutex::new(None),
+            host_cpu: Mutex::new(None),
             events,
         };
         me.with_conn(|_| Ok(()))?;
@@ -65,6 +69,9 @@ impl VirtLibvirt {
         if !alive {
             // Dropping the old handle closes it.
             drop(guard.take());
+            if let Ok(mut cpu) = self.host_cpu.lock() {
+                *cpu = None;
+            }
             let conn = Connect::open(Some(&self.uri)).map_err(|e| LibvirtError::Connect {
                 uri: self.uri.clone(),
                 message: e.message().to_string(),
@@ -203,9 +210,20 @@ impl Libvirt for VirtLibvirt {
     fn host(&self) -> Result<HostFacts, LibvirtError> {
         self.with_conn(|conn| {
             let node = conn.node_info().map_err(call("virNodeGetInfo"))?;
-            let caps = conn
-                .capabilities()
-                .map_err(call("virConnectGetCapabilities"))?;
+            let cached = self.host_cpu.lock().ok().and_then(|c| c.clone());
+            let cpu = match cached {
+                Some(cpu) => cpu,
+                None => {
+                    let caps = conn
+                        .capabilities()
+                        .map_err(call("virConnectGetCapabilities"))?;
+                    let cpu = xml::host_cpu(&caps, node.cpus)?;
+                    if let Ok(mut slot) = self.host_cpu.lock() {
+                        *slot = Some(cpu.clone());
+                    }
+                    cpu
+                }
+            };
             Ok(HostFacts {
                 libvirt_version: xml::version_string(
                     conn.lib_version()
@@ -214,7 +232,7 @@ impl Libvirt for VirtLibvirt {
                 qemu_version: xml::version_string(
                     conn.hyp_version().map_err(call("virConnectGetVersion"))?,
                 ),
-                cpu: xml::host_cpu(&caps, node.cpus)?,
+                cpu,
                 memory: HostMemory {
                     total_bytes: node.memory.saturating_mul(1024),
                     free_bytes: conn.free_memory().map_err(call("virNodeGetFreeMemory"))?,
