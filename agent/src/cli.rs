@@ -76,6 +76,10 @@ pub struct Args {
     #[arg(long, env = "KVMOTION_PEER_TOKEN_FILE")]
     pub peer_token_file: Option<PathBuf>,
 
+    /// CA bundle (PEM) trusted for peers' `https://` endpoints.
+    #[arg(long, env = "KVMOTION_PEER_CA_FILE")]
+    pub peer_ca_file: Option<PathBuf>,
+
     /// Namespace of the heartbeat Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "kvmotion-system")]
     pub lease_namespace: String,

@@ -8,11 +8,12 @@ use tracing::{info, warn};
 
 use crate::api::{self, AppState, auth::Authenticator};
 use crate::cli::Args;
-use crate::engine::{Engine, EngineConfig, disksync::PeerClient};
+use crate::engine::{Engine, EngineConfig};
 use crate::error::Error;
 use crate::inventory::{self, InventoryConfig};
 use crate::libvirt::{Libvirt, virt_impl::VirtLibvirt};
 use crate::metrics::Metrics;
+use kvmotion_api::client::{AgentClient, Token};
 
 async fn client(args: &Args) -> Result<Client, Error> {
     let config = match &args.kubeconfig {
@@ -61,7 +62,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             endpoint: endpoint.clone(),
             poll: Duration::from_millis(args.poll_ms.max(100)),
         },
-        PeerClient::new(args.peer_token_file.clone()),
+        peer_client(&args)?,
     );
     let inventory = tokio::spawn(inventory::run(
         kube.clone(),
@@ -106,4 +107,14 @@ async fn shutdown_signal() {
         }
     }
     info!("shutting down");
+}
+
+/// The client for peer calls, presenting the peer token when one is given.
+fn peer_client(args: &Args) -> Result<AgentClient, Error> {
+    let token = match &args.peer_token_file {
+        Some(path) => Token::File(path.clone()),
+        None => Token::None,
+    };
+    AgentClient::new(token, args.peer_ca_file.as_deref())
+        .map_err(|e| Error::Config(kvmotion_api::error_chain(&e)))
 }

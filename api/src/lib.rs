@@ -1,7 +1,10 @@
 //! kvmotion's API: the custom resources, their phases and conditions, shared by
-//! the controller, the agent and the tests. Pure types, no I/O.
+//! the controller, the agent and the tests. Pure types, no I/O, except the
+//! agent-API client behind the `client` feature.
 
 pub mod agent;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod condition;
 pub mod crds;
 pub mod hypervisor;

@@ -13,10 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use kvmotion_api::client::AgentClient;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -176,169 +173,121 @@ pub fn apply_frames(path: &Path, size: u64, mut body: Bytes) -> std::io::Result<
     Ok(written)
 }
 
-/// HTTP client for peer agents (disk sync and resume).
-#[derive(Clone)]
-pub struct PeerClient {
-    http: Client<HttpConnector, Full<Bytes>>,
-    token_file: Option<std::path::PathBuf>,
+/// Sends `body` to a peer agent; a failure names the peer.
+async fn call(
+    peer: &AgentClient,
+    method: &'static str,
+    url: &str,
+    body: Bytes,
+    size: Option<u64>,
+) -> Result<Bytes, Error> {
+    let headers: Vec<(&str, String)> = match size {
+        Some(size) => vec![
+            ("x-kvmotion-size", size.to_string()),
+            ("content-type", "application/octet-stream".into()),
+        ],
+        None => Vec::new(),
+    };
+    peer.send(method, url, &headers, body, Duration::ZERO)
+        .await
+        .map_err(|e| Error::CallPeer {
+            endpoint: url.to_string(),
+            message: kvmotion_api::error_chain(&e),
+        })
 }
 
-impl PeerClient {
-    /// A client presenting the bearer token read from `token_file` (re-read
-    /// on every call: projected tokens rotate).
-    pub fn new(token_file: Option<std::path::PathBuf>) -> Self {
-        PeerClient {
-            http: Client::builder(TokioExecutor::new()).build_http(),
-            token_file,
-        }
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        url: &str,
-        body: Bytes,
-        size: Option<u64>,
-    ) -> Result<Bytes, Error> {
-        let err = |message: String| Error::CallPeer {
-            endpoint: url.to_string(),
-            message,
-        };
-        let mut req = hyper::Request::builder().method(method).uri(url);
-        if let Some(path) = &self.token_file {
-            let token = std::fs::read_to_string(path)
-                .map_err(|e| err(format!("reading the peer token: {e}")))?;
-            req = req.header("authorization", format!("Bearer {}", token.trim()));
-        }
-        if let Some(size) = size {
-            req = req.header("x-kvmotion-size", size.to_string());
-        }
-        let req = req
-            .header(
-                "content-type",
-                if size.is_some() {
-                    "application/octet-stream"
-                } else {
-                    "application/json"
-                },
-            )
-            .body(Full::new(body))
-            .map_err(|e| err(e.to_string()))?;
-        let resp = self
-            .http
-            .request(req)
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| err(e.to_string()))?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(err(format!(
-                "{status}: {}",
-                String::from_utf8_lossy(&bytes)
-            )));
-        }
-        Ok(bytes)
-    }
-
-    /// Syncs one disk to the peer: hashes there, differing blocks here.
-    pub async fn sync_disk(
-        &self,
-        endpoint: &str,
-        id: &str,
-        target: &str,
-        path: &str,
-    ) -> Result<PassStats, Error> {
-        let started = Instant::now();
-        let base = format!(
-            "{endpoint}{}/migrations/{id}/disks/{target}",
-            kvmotion_api::agent::API_PREFIX
-        );
-        // Both sides hash at once; then only differing blocks travel, read
-        // and sent one batch at a time so memory stays at one batch.
-        let p = path.to_string();
-        let local = async {
-            tokio::task::spawn_blocking(move || hash_file(Path::new(&p), BLOCK_SIZE))
-                .await
-                .map_err(|e| Error::Task(e.to_string()))?
-                .map_err(|source| Error::DiskImage {
-                    path: path.to_string(),
-                    source,
-                })
-        };
-        let remote = async {
-            let raw = self
-                .call("GET", &format!("{base}/hashes"), Bytes::new(), None)
-                .await?;
-            serde_json::from_slice::<BlockHashes>(&raw).map_err(|e| Error::CallPeer {
-                endpoint: endpoint.to_string(),
-                message: format!("reading hashes: {e}"),
-            })
-        };
-        let (local, remote) = tokio::try_join!(local, remote)?;
-        let hashed = started.elapsed();
-        let changed = differing(&local, &remote);
-        let mut sent = 0;
-        for chunk in changed.chunks((BATCH_BYTES / BLOCK_SIZE).max(1)) {
-            let (p, chunk) = (path.to_string(), chunk.to_vec());
-            let batches = tokio::task::spawn_blocking(move || {
-                encode_frames(Path::new(&p), &chunk, BLOCK_SIZE)
-            })
+/// Syncs one disk to the peer: hashes there, differing blocks here.
+pub async fn sync_disk(
+    peer: &AgentClient,
+    endpoint: &str,
+    id: &str,
+    target: &str,
+    path: &str,
+) -> Result<PassStats, Error> {
+    let started = Instant::now();
+    let base = format!(
+        "{endpoint}{}/migrations/{id}/disks/{target}",
+        kvmotion_api::agent::API_PREFIX
+    );
+    // Both sides hash at once; then only differing blocks travel, read
+    // and sent one batch at a time so memory stays at one batch.
+    let p = path.to_string();
+    let local = async {
+        tokio::task::spawn_blocking(move || hash_file(Path::new(&p), BLOCK_SIZE))
             .await
             .map_err(|e| Error::Task(e.to_string()))?
             .map_err(|source| Error::DiskImage {
                 path: path.to_string(),
                 source,
-            })?;
-            for batch in batches {
-                sent += batch.len() as u64;
-                self.call(
-                    "POST",
-                    &format!("{base}/blocks"),
-                    batch,
-                    Some(local.size_bytes),
-                )
-                .await?;
-            }
-        }
-        // Nothing to send but a size to fix (the image shrank, or is empty).
-        if changed.is_empty() && remote.size_bytes != local.size_bytes {
-            self.call(
+            })
+    };
+    let remote = async {
+        let raw = call(peer, "GET", &format!("{base}/hashes"), Bytes::new(), None).await?;
+        serde_json::from_slice::<BlockHashes>(&raw).map_err(|e| Error::CallPeer {
+            endpoint: endpoint.to_string(),
+            message: format!("reading hashes: {e}"),
+        })
+    };
+    let (local, remote) = tokio::try_join!(local, remote)?;
+    let hashed = started.elapsed();
+    let changed = differing(&local, &remote);
+    let mut sent = 0;
+    for chunk in changed.chunks((BATCH_BYTES / BLOCK_SIZE).max(1)) {
+        let (p, chunk) = (path.to_string(), chunk.to_vec());
+        let batches =
+            tokio::task::spawn_blocking(move || encode_frames(Path::new(&p), &chunk, BLOCK_SIZE))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?
+                .map_err(|source| Error::DiskImage {
+                    path: path.to_string(),
+                    source,
+                })?;
+        for batch in batches {
+            sent += batch.len() as u64;
+            call(
+                peer,
                 "POST",
                 &format!("{base}/blocks"),
-                Bytes::new(),
+                batch,
                 Some(local.size_bytes),
             )
             .await?;
         }
-        tracing::debug!(
-            disk = target,
-            hash_ms = hashed.as_millis() as u64,
-            send_ms = (started.elapsed() - hashed).as_millis() as u64,
-            "disk sync timings"
-        );
-        Ok(PassStats {
-            blocks: local.hashes.len() as u64,
-            sent_blocks: changed.len() as u64,
-            sent_bytes: sent,
-            elapsed: started.elapsed(),
-        })
     }
+    // Nothing to send but a size to fix (the image shrank, or is empty).
+    if changed.is_empty() && remote.size_bytes != local.size_bytes {
+        call(
+            peer,
+            "POST",
+            &format!("{base}/blocks"),
+            Bytes::new(),
+            Some(local.size_bytes),
+        )
+        .await?;
+    }
+    tracing::debug!(
+        disk = target,
+        hash_ms = hashed.as_millis() as u64,
+        send_ms = (started.elapsed() - hashed).as_millis() as u64,
+        "disk sync timings"
+    );
+    Ok(PassStats {
+        blocks: local.hashes.len() as u64,
+        sent_blocks: changed.len() as u64,
+        sent_bytes: sent,
+        elapsed: started.elapsed(),
+    })
+}
 
-    /// Asks the peer to resume the VM that arrived paused.
-    pub async fn resume(&self, endpoint: &str, id: &str) -> Result<(), Error> {
-        let url = format!(
-            "{endpoint}{}/migrations/{id}/resume",
-            kvmotion_api::agent::API_PREFIX
-        );
-        self.call("POST", &url, Bytes::from_static(b"{}"), None)
-            .await
-            .map(|_| ())
-    }
+/// Asks the peer to resume the VM that arrived paused.
+pub async fn resume_on(peer: &AgentClient, endpoint: &str, id: &str) -> Result<(), Error> {
+    peer.resume(endpoint, id)
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::CallPeer {
+            endpoint: endpoint.to_string(),
+            message: kvmotion_api::error_chain(&e),
+        })
 }
 
 #[cfg(test)]

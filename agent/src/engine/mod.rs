@@ -117,7 +117,7 @@ pub struct Engine {
     /// Target-side preparations by migration id.
     pub prepared: Mutex<HashMap<String, target::Prepared>>,
     /// Client for peer agents (disk sync).
-    pub peer: disksync::PeerClient,
+    pub peer: kvmotion_api::client::AgentClient,
 }
 
 impl Engine {
@@ -125,7 +125,7 @@ impl Engine {
     pub fn new(
         lv: Arc<dyn Libvirt>,
         config: EngineConfig,
-        peer: disksync::PeerClient,
+        peer: kvmotion_api::client::AgentClient,
     ) -> Arc<Engine> {
         Arc::new(Engine {
             lv,

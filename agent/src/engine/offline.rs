@@ -11,7 +11,7 @@ use kvmotion_api::agent::{JobPhase, StartRequest};
 use kvmotion_api::migration::{MigrationResult, TransferMode};
 use tracing::{info, warn};
 
-use super::disksync::PassStats;
+use super::disksync::{self, PassStats};
 use super::source::Outcome;
 use super::{Engine, Job, millis};
 use crate::error::{Error, blocking};
@@ -87,9 +87,7 @@ impl Engine {
                 return other.map(|(_, o)| o);
             }
         };
-        self.peer
-            .resume(&req.target.agent_endpoint, &job.id)
-            .await?;
+        disksync::resume_on(&self.peer, &req.target.agent_endpoint, &job.id).await?;
         let stopped_for = stopped.elapsed();
         info!(
             migration = %job.id,
@@ -115,10 +113,14 @@ impl Engine {
     ) -> Result<PassStats, Error> {
         let mut total = PassStats::default();
         for d in req.disks.iter().filter(|d| d.copy) {
-            let s = self
-                .peer
-                .sync_disk(&req.target.agent_endpoint, &job.id, &d.target, &d.path)
-                .await?;
+            let s = disksync::sync_disk(
+                &self.peer,
+                &req.target.agent_endpoint,
+                &job.id,
+                &d.target,
+                &d.path,
+            )
+            .await?;
             info!(migration = %job.id, pass = label, disk = %d.target, sent_blocks = s.sent_blocks, blocks = s.blocks, ms = millis(s.elapsed), "disk synced");
             job.update(|st| {
                 st.actions.push(format!(
