@@ -36,7 +36,7 @@ impl std::fmt::Display for DomainRef {
 
 /// The resolved tuning of one migration: policy, overrides and built-in
 /// defaults merged; every value set.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ResolvedTuning {
     /// MiB/s; 0 = unlimited.

@@ -167,6 +167,13 @@ pub struct VirtualMachineMigrationStatus {
     /// When a terminal phase was reached.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    /// The VM as found in the source's inventory when scheduled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm: Option<ScheduledVm>,
+    /// The policy the migration runs under: every tuning value, resolved
+    /// from kvmotion's defaults, the MigrationPolicy and spec.overrides.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<AppliedPolicy>,
     /// The spec generation this status describes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -184,6 +191,32 @@ pub struct VirtualMachineMigrationStatus {
     /// Figures of a finished migration.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<MigrationResult>,
+}
+
+/// The VM a migration moves, as found when it was scheduled.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduledVm {
+    /// The libvirt domain name.
+    pub name: String,
+    /// The libvirt domain UUID.
+    pub uuid: String,
+    /// Guest memory, in bytes.
+    pub memory_bytes: u64,
+}
+
+/// The resolved policy of a migration.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedPolicy {
+    /// The MigrationPolicy used (named, or the default one); empty when
+    /// only kvmotion's built-in defaults apply.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Every tuning value the agents apply.
+    pub tuning: crate::agent::ResolvedTuning,
+    /// Concurrency limits of that policy.
+    pub concurrency: crate::policy::ConcurrencyLimits,
 }
 
 /// The time a phase was entered.

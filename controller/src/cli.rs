@@ -43,6 +43,34 @@ pub struct Args {
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
 
+    /// File holding the token presented to agents (a projected
+    /// service-account token with the agents' audience); re-read on every
+    /// call, as projected tokens rotate.
+    #[arg(long, env = "KVMOTION_AGENT_TOKEN_FILE")]
+    pub agent_token_file: Option<PathBuf>,
+
+    /// CA bundle (PEM) trusted for agents' `https://` endpoints.
+    #[arg(long, env = "KVMOTION_AGENT_CA_FILE")]
+    pub agent_ca_file: Option<PathBuf>,
+
+    /// Namespace of the agents' heartbeat Leases.
+    #[arg(
+        long,
+        env = "KVMOTION_AGENT_NAMESPACE",
+        default_value = "kvmotion-system"
+    )]
+    pub agent_namespace: String,
+
+    /// An agent heartbeat older than this, in seconds, makes its node
+    /// unavailable for new migrations.
+    #[arg(long, env = "KVMOTION_HEARTBEAT_MAX_AGE_SECONDS", default_value_t = 40)]
+    pub heartbeat_max_age_seconds: u64,
+
+    /// How long, in seconds, an agent may stay silent mid-migration before
+    /// the migration fails with AgentUnreachable.
+    #[arg(long, env = "KVMOTION_AGENT_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub agent_timeout_seconds: u64,
+
     /// Log format.
     #[arg(long, env = "KVMOTION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -58,6 +86,15 @@ pub enum LogFormat {
 }
 
 impl Args {
+    /// The reconciler's timing from the flags.
+    pub fn settings(&self) -> crate::reconcile::decide::Settings {
+        crate::reconcile::decide::Settings {
+            heartbeat_max_age: std::time::Duration::from_secs(self.heartbeat_max_age_seconds),
+            agent_timeout: std::time::Duration::from_secs(self.agent_timeout_seconds),
+            ..Default::default()
+        }
+    }
+
     /// The Lease identity: the given one, else host name and process id.
     pub fn identity(&self) -> String {
         self.identity.clone().unwrap_or_else(|| {

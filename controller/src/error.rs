@@ -29,6 +29,18 @@ pub enum Error {
         #[source]
         source: kube_lease_manager::LeaseManagerError,
     },
+    /// Adding or removing the cancellation finalizer failed.
+    #[error("updating the finalizer of a VirtualMachineMigration")]
+    Finalizer(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A deleted migration's job is still stopping; deletion waits.
+    #[error("cancelling VirtualMachineMigration {name}: waiting for its job to stop")]
+    CancelPending {
+        /// The migration.
+        name: String,
+    },
+    /// The agent-API client could not be built.
+    #[error("building the agent client")]
+    AgentClient(#[source] kvmotion_api::client::Error),
     /// The health and metrics endpoint could not be served.
     #[error("serving health and metrics on {addr}")]
     ServeHttp {
@@ -49,6 +61,9 @@ impl Error {
             Error::WriteStatus { .. } => "write_status",
             Error::LeaderElection { .. } => "leader_election",
             Error::ServeHttp { .. } => "serve_http",
+            Error::Finalizer(_) => "finalizer",
+            Error::CancelPending { .. } => "cancel_pending",
+            Error::AgentClient(_) => "agent_client",
         }
     }
 
@@ -57,8 +72,26 @@ impl Error {
     /// errors but a condition on the object.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::WriteStatus { .. } | Error::LeaderElection { .. } => true,
-            Error::LoadKubeConfig(_) | Error::BuildClient(_) | Error::ServeHttp { .. } => false,
+            Error::WriteStatus { .. }
+            | Error::LeaderElection { .. }
+            | Error::Finalizer(_)
+            | Error::CancelPending { .. } => true,
+            Error::LoadKubeConfig(_)
+            | Error::BuildClient(_)
+            | Error::ServeHttp { .. }
+            | Error::AgentClient(_) => false,
+        }
+    }
+}
+
+impl Error {
+    /// Unwraps the finalizer's error: the reconcile's own error as is,
+    /// the finalizer's API calls as `Finalizer`.
+    pub fn from_finalizer(e: kube::runtime::finalizer::Error<Error>) -> Error {
+        use kube::runtime::finalizer::Error as F;
+        match e {
+            F::ApplyFailed(inner) | F::CleanupFailed(inner) => inner,
+            other => Error::Finalizer(Box::new(other)),
         }
     }
 }

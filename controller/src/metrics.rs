@@ -8,6 +8,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use kvmotion_api::{Phase, VirtualMachineMigrationStatus as Status};
+
 type Labels = [(&'static str, &'static str); 1];
 
 /// The controller's metrics and the registry that exposes them.
@@ -16,6 +18,16 @@ pub struct Metrics {
     reconciliations: Family<Labels, Counter>,
     reconcile_seconds: Histogram,
     leader: Gauge,
+    migrations: Family<Labels, Counter>,
+    phase_seconds: Family<Labels, Histogram>,
+    downtime_seconds: Histogram,
+    transferred_bytes: Counter,
+    in_flight: Family<Labels, Gauge>,
+    status_writes: Counter,
+}
+
+fn phase_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.05, 2.0, 16))
 }
 
 impl Default for Metrics {
@@ -39,11 +51,54 @@ impl Default for Metrics {
             "1 while this replica holds the leader Lease",
             leader.clone(),
         );
+        let migrations = Family::<Labels, Counter>::default();
+        registry.register(
+            "migrations",
+            "Migrations that ended, by result (Succeeded, Failed, Cancelled)",
+            migrations.clone(),
+        );
+        let phase_seconds =
+            Family::<Labels, Histogram>::new_with_constructor(phase_histogram as fn() -> Histogram);
+        registry.register(
+            "phase_duration_seconds",
+            "Time migrations spent in each phase",
+            phase_seconds.clone(),
+        );
+        let downtime_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register(
+            "downtime_seconds",
+            "Guest downtime of successful migrations",
+            downtime_seconds.clone(),
+        );
+        let transferred_bytes = Counter::default();
+        registry.register(
+            "transferred_bytes",
+            "Bytes sent by successful migrations",
+            transferred_bytes.clone(),
+        );
+        let in_flight = Family::<Labels, Gauge>::default();
+        registry.register(
+            "migrations_in_flight",
+            "Migrations not yet ended, by phase",
+            in_flight.clone(),
+        );
+        let status_writes = Counter::default();
+        registry.register(
+            "status_writes",
+            "Status writes to migrations",
+            status_writes.clone(),
+        );
         Self {
             registry,
             reconciliations,
             reconcile_seconds,
             leader,
+            migrations,
+            phase_seconds,
+            downtime_seconds,
+            transferred_bytes,
+            in_flight,
+            status_writes,
         }
     }
 }
@@ -60,6 +115,48 @@ impl Metrics {
     /// Records whether this replica leads.
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
+    }
+
+    /// Records a status write from `old` to `new`: the phase left (its
+    /// duration), and a migration's result when it ended.
+    pub fn transition(&self, old: &Status, new: &Status) {
+        self.status_writes.inc();
+        if old.phase == new.phase {
+            return;
+        }
+        // The phase just left was entered at the second-to-last transition.
+        let times = &new.phase_transition_times;
+        if let [.., prev, last] = times.as_slice() {
+            let secs = last
+                .time
+                .0
+                .duration_since(prev.time.0)
+                .as_secs_f64()
+                .max(0.0);
+            self.phase_seconds
+                .get_or_create(&[("phase", prev.phase.as_str())])
+                .observe(secs);
+        }
+        let ended =
+            new.phase.is_some_and(Phase::is_terminal) && !old.phase.is_some_and(Phase::is_terminal);
+        if let (true, Some(phase)) = (ended, new.phase) {
+            self.migrations
+                .get_or_create(&[("result", phase.as_str())])
+                .inc();
+            if let (Phase::Succeeded, Some(r)) = (phase, &new.result) {
+                self.downtime_seconds.observe(r.downtime_ms as f64 / 1000.0);
+                self.transferred_bytes.inc_by(r.data_transferred_bytes);
+            }
+        }
+    }
+
+    /// Sets the number of unfinished migrations in each phase.
+    pub fn set_in_flight(&self, counts: &[(Phase, i64)]) {
+        for (phase, n) in counts {
+            self.in_flight
+                .get_or_create(&[("phase", phase.as_str())])
+                .set(*n);
+        }
     }
 
     /// The metrics in the Prometheus text format.

@@ -7,18 +7,18 @@ use kvmotion_api::agent::{DiskPlan, DomainRef};
 use kvmotion_api::hypervisor::{DomainInfo, DomainState, Hypervisor};
 use kvmotion_api::migration::MigrationMode;
 use kvmotion_api::tuning::StorageMode;
-use kvmotion_api::{VirtualMachineMigrationSpec, VmRef};
+use kvmotion_api::{ConditionReason, VirtualMachineMigrationSpec, VmRef};
 
 /// A failed precheck: the condition reason and a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// CamelCase reason (README lists them).
-    pub reason: &'static str,
+    pub reason: ConditionReason,
     /// What is wrong and what to do.
     pub message: String,
 }
 
-fn refuse(reason: &'static str, message: String) -> Refusal {
+fn refuse(reason: ConditionReason, message: String) -> Refusal {
     Refusal { reason, message }
 }
 
@@ -71,16 +71,16 @@ pub fn locate(
                     .any(|h| h.metadata.name.as_deref() == Some(s)) =>
             {
                 refuse(
-                    "VMNotFound",
+                    ConditionReason::VMNotFound,
                     format!("spec.sourceNode {s} has no Hypervisor object (is its agent running?)"),
                 )
             }
             Some(s) => refuse(
-                "VMNotFound",
+                ConditionReason::VMNotFound,
                 format!("{what} is not defined on {s}; check spec.vm and spec.sourceNode"),
             ),
             None => refuse(
-                "VMNotFound",
+                ConditionReason::VMNotFound,
                 format!("{what} is not defined on any hypervisor; check spec.vm"),
             ),
         }),
@@ -88,7 +88,7 @@ pub fn locate(
         _ => {
             let nodes: Vec<&str> = found.iter().map(|l| l.node.as_str()).collect();
             Err(refuse(
-                "VMAmbiguous",
+                ConditionReason::VMAmbiguous,
                 format!(
                     "{what} matches domains on {}; set spec.vm.uuid or spec.sourceNode",
                     nodes.join(", ")
@@ -119,13 +119,13 @@ pub fn check(
 ) -> Result<Vec<DiskPlan>, Refusal> {
     if let Some(other) = other_active {
         return Err(refuse(
-            "AlreadyMigrating",
+            ConditionReason::AlreadyMigrating,
             format!("migration {other} is already moving this VM; wait for it or delete it"),
         ));
     }
     if target == located.node {
         return Err(refuse(
-            "SameNode",
+            ConditionReason::SameNode,
             format!("the VM already runs on {target}; choose another target"),
         ));
     }
@@ -137,7 +137,7 @@ pub fn check(
     match spec.mode {
         MigrationMode::Live if !running => {
             return Err(refuse(
-                "VMNotRunning",
+                ConditionReason::VMNotRunning,
                 format!(
                     "{} is {:?}; a live migration needs it running (use mode Offline)",
                     d.name, d.state
@@ -146,7 +146,7 @@ pub fn check(
         }
         MigrationMode::Offline if !running && !d.persistent => {
             return Err(refuse(
-                "VMNotRunning",
+                ConditionReason::VMNotRunning,
                 format!("{} is neither running nor defined", d.name),
             ));
         }
@@ -174,7 +174,7 @@ pub fn check(
         && let Some(local) = d.disks.iter().find(|disk| !disk.shared && !disk.read_only)
     {
         return Err(refuse(
-            "StorageNotShared",
+            ConditionReason::StorageNotShared,
             format!(
                 "disk {} ({}) is not on shared storage and storage is Shared (copying forbidden); allow storage Auto or Copy",
                 local.target,
@@ -285,7 +285,7 @@ mod tests {
         for (name, r, source, want) in cases {
             let got = locate(&r, source, &nodes)
                 .map(|l| l.node)
-                .map_err(|e| e.reason);
+                .map_err(|e| e.reason.as_str());
             assert_eq!(got.as_deref().map_err(|e| *e), want, "{name}");
         }
         let err = locate(&vm(Some("web"), None), None, &nodes).unwrap_err();
@@ -395,7 +395,7 @@ mod tests {
         for (name, mode, located, target, storage, other, want) in cases {
             let got = check(&spec(mode), &located, target, storage, other)
                 .map(|plan| plan.iter().map(|d| d.copy).collect::<Vec<bool>>())
-                .map_err(|e| e.reason);
+                .map_err(|e| e.reason.as_str());
             assert_eq!(got, want, "{name}");
         }
     }

@@ -6,18 +6,25 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, ApiResource, DynamicObject};
-use kube::runtime::{Controller, watcher};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store, reflector};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Config};
-use kvmotion_api::VirtualMachineMigration;
-use tracing::{info, warn};
+use kvmotion_api::client::{AgentClient, Token};
+use kvmotion_api::hypervisor::Hypervisor;
+use kvmotion_api::policy::MigrationPolicy;
+use kvmotion_api::{Phase, VirtualMachineMigration};
+use tracing::{debug, info, warn};
 
 use crate::Error;
 use crate::cli::Args;
 use crate::http::{self, Health};
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::Metrics;
-use crate::reconcile::{self, Context};
+use crate::reconcile::decide::Settings;
+use crate::reconcile::{self, Context, Stores};
 
 /// Field manager of the leader-election Lease.
 pub const LEASE_FIELD_MANAGER: &str = "kvmotion-controller-lease";
@@ -64,11 +71,20 @@ pub async fn run(args: Args) -> Result<(), Error> {
     wait_for_apiserver(&client, stopped()).await;
     health.ready.store(true, Ordering::Relaxed);
 
-    let ctx = Arc::new(Context {
-        api: migrations_api(&client),
+    let token = match &args.agent_token_file {
+        Some(path) => Token::File(path.clone()),
+        None => Token::None,
+    };
+    let agents =
+        AgentClient::new(token, args.agent_ca_file.as_deref()).map_err(Error::AgentClient)?;
+    let setup = Setup {
+        client: client.clone(),
+        agents,
         metrics: metrics.clone(),
-        failures: Default::default(),
-    });
+        settings: args.settings(),
+        agent_namespace: args.agent_namespace.clone(),
+        identity: args.identity(),
+    };
     let lease = LeaseConfig {
         namespace: args.lease_namespace.clone(),
         name: args.lease_name.clone(),
@@ -77,7 +93,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         grace: Duration::from_secs(args.lease_grace_seconds),
     };
     let result = leader::run_while_leader(client.clone(), lease, &metrics, stopped(), || {
-        run_controller(client.clone(), ctx.clone())
+        run_controller(setup.clone())
     })
     .await;
     match server.await {
@@ -95,21 +111,117 @@ fn migrations_api(client: &Client) -> Api<DynamicObject> {
     )
 }
 
-async fn run_controller(client: Client, ctx: Arc<Context>) {
+/// What the reconcile loop is built from each time leadership is won.
+#[derive(Clone)]
+struct Setup {
+    client: Client,
+    agents: AgentClient,
+    metrics: Arc<Metrics>,
+    settings: Settings,
+    agent_namespace: String,
+    identity: String,
+}
+
+/// Starts a watch cache of `api` and returns it once filled.
+async fn cache<K>(api: Api<K>) -> Store<K>
+where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector(
+        writer,
+        watcher(api, watcher::Config::default()).default_backoff(),
+    );
+    tokio::spawn(stream.for_each(|_| futures::future::ready(())));
+    if store.wait_until_ready().await.is_err() {
+        warn!("a watch cache closed before it was ready");
+    }
+    store
+}
+
+async fn run_controller(setup: Setup) {
     info!("reconciling VirtualMachineMigrations");
+    let client = setup.client.clone();
     let resource = ApiResource::erase::<VirtualMachineMigration>(&());
-    Controller::new_with(
+    let (hypervisors, policies, leases) = tokio::join!(
+        cache(Api::<Hypervisor>::all(client.clone())),
+        cache(Api::<MigrationPolicy>::all(client.clone())),
+        cache(Api::<Lease>::namespaced(
+            client.clone(),
+            &setup.agent_namespace
+        )),
+    );
+    let (wake, woken) = futures::channel::mpsc::unbounded();
+    let controller = Controller::new_with(
         migrations_api(&client),
         watcher::Config::default(),
         resource,
     )
-    .run(reconcile::reconcile, reconcile::error_policy, ctx)
-    .for_each(|res| async move {
-        if let Err(e) = res {
-            warn!(error = %crate::error::chain(&e), "controller event");
+    .reconcile_on(woken);
+    let stores = Stores {
+        migrations: controller.store(),
+        hypervisors,
+        policies,
+        leases,
+    };
+    let ctx = Arc::new(Context {
+        api: migrations_api(&client),
+        stores: stores.clone(),
+        agents: setup.agents.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: kvmotion_api::CONTROLLER_MANAGER.into(),
+                instance: Some(setup.identity.clone()),
+            },
+        ),
+        settings: setup.settings.clone(),
+        metrics: setup.metrics.clone(),
+        failures: Default::default(),
+        reservations: Default::default(),
+        progress_written: Default::default(),
+        wake,
+    });
+    let gauges = tokio::spawn(count_in_flight(
+        stores.migrations.clone(),
+        setup.metrics.clone(),
+    ));
+    controller
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                debug!(error = %crate::error::chain(&e), "controller event");
+            }
+        })
+        .await;
+    gauges.abort();
+}
+
+/// Keeps the in-flight gauges current from the cache.
+async fn count_in_flight(store: Store<DynamicObject>, metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let mut counts: Vec<(Phase, i64)> = Phase::ALL
+            .iter()
+            .filter(|p| !p.is_terminal())
+            .map(|p| (*p, 0))
+            .collect();
+        for m in store.state() {
+            let phase = reconcile::world::Flight::of(&m).phase;
+            if let Some(c) = counts.iter_mut().find(|(p, _)| Some(*p) == phase) {
+                c.1 += 1;
+            }
         }
-    })
-    .await;
+        metrics.set_in_flight(&counts);
+    }
 }
 
 /// Waits until the API server answers, retrying quietly; readiness follows.

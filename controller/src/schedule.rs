@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kvmotion_api::ConditionReason;
 use kvmotion_api::hypervisor::Hypervisor;
 
 use crate::reconcile::selector;
@@ -24,6 +25,8 @@ pub struct Inputs<'a> {
     pub heartbeats: &'a BTreeMap<String, Timestamp>,
     /// Migrations in flight toward each node.
     pub inbound: &'a BTreeMap<String, u32>,
+    /// Most migrations in flight toward one node (the policy's limit).
+    pub inbound_limit: u32,
     /// The migration's targetSelector.
     pub selector: Option<&'a LabelSelector>,
     /// Now.
@@ -60,20 +63,26 @@ pub enum Exclusion {
     },
     /// Does not match the targetSelector.
     SelectorMismatch,
+    /// As many migrations already head there as the policy allows.
+    AtInboundLimit {
+        /// Migrations heading there.
+        inbound: u32,
+    },
 }
 
 impl Exclusion {
     /// The condition reason a failed precheck reports.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> ConditionReason {
         match self {
-            Exclusion::SameNode => "SameNode",
-            Exclusion::NotReady => "TargetNotReady",
-            Exclusion::Unschedulable => "TargetUnschedulable",
-            Exclusion::AgentUnavailable => "AgentUnavailable",
-            Exclusion::InsufficientMemory { .. } => "InsufficientMemory",
-            Exclusion::CpuIncompatible { .. } => "CPUIncompatible",
-            Exclusion::OlderLibvirt { .. } => "LibvirtTooOld",
-            Exclusion::SelectorMismatch => "NoTargetMatches",
+            Exclusion::SameNode => ConditionReason::SameNode,
+            Exclusion::NotReady => ConditionReason::TargetNotReady,
+            Exclusion::Unschedulable => ConditionReason::TargetUnschedulable,
+            Exclusion::AgentUnavailable => ConditionReason::AgentUnavailable,
+            Exclusion::InsufficientMemory { .. } => ConditionReason::InsufficientMemory,
+            Exclusion::CpuIncompatible { .. } => ConditionReason::CPUIncompatible,
+            Exclusion::OlderLibvirt { .. } => ConditionReason::LibvirtTooOld,
+            Exclusion::SelectorMismatch => ConditionReason::NoTargetAvailable,
+            Exclusion::AtInboundLimit { .. } => ConditionReason::WaitingForCapacity,
         }
     }
 
@@ -90,6 +99,9 @@ impl Exclusion {
                 format!("its libvirt {version} is older than the source's")
             }
             Exclusion::SelectorMismatch => "it does not match targetSelector".into(),
+            Exclusion::AtInboundLimit { inbound } => {
+                format!("{inbound} migration(s) already head there (its inbound limit)")
+            }
         }
     }
 }
@@ -154,26 +166,51 @@ pub fn exclusion(inp: &Inputs, hv: &Hypervisor) -> Option<Exclusion> {
     {
         return Some(Exclusion::OlderLibvirt { version: here });
     }
-    if let Some(sel) = inp.selector {
-        let labels = hv.metadata.labels.clone().unwrap_or_default();
-        if !selector::matches(sel, &labels) {
-            return Some(Exclusion::SelectorMismatch);
-        }
+    if !matches_selector(inp, hv) {
+        return Some(Exclusion::SelectorMismatch);
+    }
+    // Last: a node that is only busy is worth waiting for, so it must
+    // not hide a reason that waiting would not cure.
+    let inbound = inp.inbound.get(&name).copied().unwrap_or(0);
+    if inbound >= inp.inbound_limit {
+        return Some(Exclusion::AtInboundLimit { inbound });
     }
     None
 }
 
+fn matches_selector(inp: &Inputs, hv: &Hypervisor) -> bool {
+    inp.selector.is_none_or(|sel| {
+        let labels = hv.metadata.labels.clone().unwrap_or_default();
+        selector::matches(sel, &labels)
+    })
+}
+
+/// Why no target was chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoChoice {
+    /// Eligible nodes exist but are at their inbound limit: wait.
+    Wait(String),
+    /// No node can take the VM: fail with this reason.
+    Refuse(ConditionReason, String),
+}
+
 /// Chooses a target: the eligible node with the most free memory, then the
 /// fewest inbound migrations, then by name (stable).
-pub fn choose(inp: &Inputs) -> Result<Choice, String> {
+pub fn choose(inp: &Inputs) -> Result<Choice, NoChoice> {
     let mut eligible = Vec::new();
     let mut excluded = Vec::new();
+    let mut busy = 0;
+    let mut selected_other = false;
     for hv in inp.hypervisors {
         let name = hv.metadata.name.clone().unwrap_or_default();
         match exclusion(inp, hv) {
             None => eligible.push((hv, name)),
             Some(Exclusion::SameNode) => {}
-            Some(e) => excluded.push(format!("{name}: {}", e.describe())),
+            Some(e) => {
+                busy += usize::from(matches!(e, Exclusion::AtInboundLimit { .. }));
+                selected_other |= e != Exclusion::SelectorMismatch;
+                excluded.push(format!("{name}: {}", e.describe()))
+            }
         }
     }
     let free = |h: &Hypervisor| {
@@ -201,7 +238,23 @@ pub fn choose(inp: &Inputs) -> Result<Choice, String> {
         } else {
             excluded.join("; ")
         };
-        return Err(format!("no node can take the VM: {why}"));
+        if busy > 0 {
+            return Err(NoChoice::Wait(format!(
+                "every node that can take the VM is at its inbound limit: {why}"
+            )));
+        }
+        if !selected_other && inp.selector.is_some() && matches_selector(inp, inp.source) {
+            return Err(NoChoice::Refuse(
+                ConditionReason::SameNode,
+                format!(
+                    "only the VM's own node matches spec.targetSelector ({why}); widen the selector"
+                ),
+            ));
+        }
+        return Err(NoChoice::Refuse(
+            ConditionReason::NoTargetAvailable,
+            format!("no node can take the VM: {why}"),
+        ));
     };
     let mut message = format!(
         "chose {name}: most free memory ({} MiB) and {} inbound migration(s) among {} eligible node(s)",
@@ -279,6 +332,7 @@ mod tests {
             hypervisors: &[],
             heartbeats: beats,
             inbound: none,
+            inbound_limit: 2,
             selector: None,
             now: now(),
             heartbeat_max_age: Duration::from_secs(40),
@@ -289,8 +343,10 @@ mod tests {
         nodes: Vec<Hypervisor>,
         inbound: &[(&str, u32)],
         selector: Option<&LabelSelector>,
-    ) -> Result<Choice, String> {
-        let source = hv("src", 1, |_| {});
+    ) -> Result<Choice, NoChoice> {
+        let source = hv("src", 1, |h| {
+            h.metadata.labels = Some([("rack".to_string(), "r1".to_string())].into())
+        });
         let beats: BTreeMap<String, Timestamp> = nodes
             .iter()
             .map(|h| {
@@ -310,6 +366,7 @@ mod tests {
             hypervisors: &all,
             heartbeats: &beats,
             inbound: &inbound,
+            inbound_limit: 2,
             selector,
             now: now(),
             heartbeat_max_age: Duration::from_secs(40),
@@ -358,7 +415,7 @@ mod tests {
             let none = BTreeMap::new();
             let inp = inputs(&source, &beats, &none);
             assert_eq!(
-                exclusion(&inp, &node).map(|e| e.reason()),
+                exclusion(&inp, &node).map(|e| e.reason().as_str()),
                 Some(want),
                 "{name}"
             );
@@ -434,11 +491,55 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err,
-            "no node can take the VM: a: only 1024 MiB free; b: it is unschedulable"
+            NoChoice::Refuse(
+                ConditionReason::NoTargetAvailable,
+                "no node can take the VM: a: only 1024 MiB free; b: it is unschedulable".into()
+            )
         );
         assert_eq!(
             choose_among(vec![], &[], None).unwrap_err(),
-            "no node can take the VM: there is no other Hypervisor"
+            NoChoice::Refuse(
+                ConditionReason::NoTargetAvailable,
+                "no node can take the VM: there is no other Hypervisor".into()
+            )
+        );
+    }
+
+    #[test]
+    fn nodes_at_their_inbound_limit_make_the_migration_wait_not_fail() {
+        let err = choose_among(
+            vec![hv("a", 32, |_| {}), hv("b", 1, |_| {})],
+            &[("a", 2)],
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, NoChoice::Wait(ref m) if m.contains("a: 2 migration(s) already head there")),
+            "{err:?}"
+        );
+        let got = choose_among(vec![hv("a", 32, |_| {})], &[("a", 1)], None).unwrap();
+        assert_eq!(got.node, "a");
+    }
+
+    #[test]
+    fn a_selector_matching_only_the_source_is_same_node() {
+        let r1 = LabelSelector {
+            match_labels: Some([("rack".into(), "r1".into())].into()),
+            match_expressions: None,
+        };
+        let err = choose_among(vec![hv("a", 32, |_| {})], &[], Some(&r1)).unwrap_err();
+        assert!(
+            matches!(err, NoChoice::Refuse(ConditionReason::SameNode, ref m) if m.contains("only the VM's own node matches")),
+            "{err:?}"
+        );
+        let r9 = LabelSelector {
+            match_labels: Some([("rack".into(), "r9".into())].into()),
+            match_expressions: None,
+        };
+        let err = choose_among(vec![hv("a", 32, |_| {})], &[], Some(&r9)).unwrap_err();
+        assert!(
+            matches!(err, NoChoice::Refuse(ConditionReason::NoTargetAvailable, _)),
+            "{err:?}"
         );
     }
 }

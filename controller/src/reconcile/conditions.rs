@@ -1,7 +1,12 @@
 //! Setting standard conditions without resetting their transition times.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kvmotion_api::{ConditionReason, ConditionType};
+use kvmotion_api::ConditionType;
+
+/// The condition of `type_`, if set.
+pub fn get(conditions: &[Condition], type_: ConditionType) -> Option<&Condition> {
+    conditions.iter().find(|c| c.type_ == type_.as_str())
+}
 
 /// Sets condition `type_` in `conditions`. The transition time moves only
 /// when the status (True/False) changes, as Kubernetes conventions require.
@@ -9,7 +14,7 @@ pub fn set(
     conditions: &mut Vec<Condition>,
     type_: ConditionType,
     status: bool,
-    reason: ConditionReason,
+    reason: &str,
     message: String,
     generation: i64,
     now: Time,
@@ -22,14 +27,14 @@ pub fn set(
                 c.last_transition_time = now;
             }
             c.status = status;
-            c.reason = reason.as_str().into();
+            c.reason = reason.into();
             c.message = message;
             c.observed_generation = Some(generation);
         }
         None => conditions.push(Condition {
             type_: type_.as_str().into(),
             status,
-            reason: reason.as_str().into(),
+            reason: reason.into(),
             message,
             observed_generation: Some(generation),
             last_transition_time: now,
@@ -40,6 +45,7 @@ pub fn set(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kvmotion_api::ConditionReason;
 
     fn at(secs: i64) -> Time {
         Time(jiff::Timestamp::from_second(secs).unwrap())
@@ -53,7 +59,7 @@ mod tests {
             &mut c,
             accepted,
             true,
-            ConditionReason::Accepted,
+            ConditionReason::Accepted.as_str(),
             "a".into(),
             1,
             at(10),
@@ -62,7 +68,7 @@ mod tests {
             &mut c,
             accepted,
             true,
-            ConditionReason::Accepted,
+            ConditionReason::Accepted.as_str(),
             "b".into(),
             2,
             at(20),
@@ -77,7 +83,7 @@ mod tests {
             &mut c,
             accepted,
             false,
-            ConditionReason::InvalidSpec,
+            ConditionReason::InvalidSpec.as_str(),
             "c".into(),
             2,
             at(30),

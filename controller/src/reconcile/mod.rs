@@ -1,62 +1,278 @@
-//! Reconciliation of one `VirtualMachineMigration`: observe → decide → write
-//! status. Only `write_status` does I/O; `decide` is a pure function of what
-//! was observed and the current time.
+//! Reconciliation of one `VirtualMachineMigration`: observe → decide → act
+//! → write status, under a finalizer so that deletion cancels. `decide`
+//! is pure; observing, acting and writing are the I/O at the edges.
 
+pub mod agents;
+pub mod capacity;
 pub mod conditions;
 pub mod decide;
+pub mod events;
 pub mod observe;
 pub mod selector;
 pub mod status;
+pub mod world;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, DynamicObject};
+use futures::channel::mpsc::UnboundedSender;
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::controller::Action;
+use kube::runtime::events::Recorder;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kvmotion_api::client::AgentClient;
+use kvmotion_api::hypervisor::Hypervisor;
+use kvmotion_api::policy::MigrationPolicy;
+use kvmotion_api::{Phase, VirtualMachineMigration};
 use tracing::{debug, warn};
 
 use crate::Error;
 use crate::metrics::Metrics;
+use decide::{Decision, Settings};
+use observe::Observed;
+use world::{Flight, World};
+
+/// The finalizer that makes deletion cancel an in-flight migration.
+pub const FINALIZER: &str = "kvmotion.io/cancel";
+
+/// The watch caches decisions read from.
+#[derive(Clone)]
+pub struct Stores {
+    /// Every migration.
+    pub migrations: Store<DynamicObject>,
+    /// Every Hypervisor.
+    pub hypervisors: Store<Hypervisor>,
+    /// Every MigrationPolicy.
+    pub policies: Store<MigrationPolicy>,
+    /// The agents' heartbeat Leases.
+    pub leases: Store<Lease>,
+}
 
 /// What every reconciliation shares.
 pub struct Context {
     /// Migrations, untyped so that an object the controller cannot parse
     /// still gets a condition instead of stalling the watch.
     pub api: Api<DynamicObject>,
+    /// Watch caches.
+    pub stores: Stores,
+    /// Client of the agents' API.
+    pub agents: AgentClient,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// Timing.
+    pub settings: Settings,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per object, for backoff.
     pub failures: Mutex<HashMap<String, u32>>,
+    /// Capacity granted but not yet visible in the cache, by UID: makes
+    /// admission atomic across concurrent reconciles.
+    pub reservations: Mutex<HashMap<String, Flight>>,
+    /// When progress was last written, by UID.
+    pub progress_written: Mutex<HashMap<String, Timestamp>>,
+    /// Wakes waiting migrations when capacity frees up.
+    pub wake: UnboundedSender<ObjectRef<DynamicObject>>,
 }
 
-/// Reconciles one migration.
+/// How many waiting migrations one freed slot wakes.
+const WAKE_BATCH: usize = 50;
+
+impl Context {
+    /// The world as the caches show it (reservations not yet merged).
+    fn world(&self) -> World {
+        World {
+            hypervisors: self
+                .stores
+                .hypervisors
+                .state()
+                .iter()
+                .map(|h| (**h).clone())
+                .collect(),
+            policies: self
+                .stores
+                .policies
+                .state()
+                .iter()
+                .map(|p| (**p).clone())
+                .collect(),
+            heartbeats: world::heartbeats(self.stores.leases.state().iter().map(|l| &**l)),
+            flights: self
+                .stores
+                .migrations
+                .state()
+                .iter()
+                .map(|m| Flight::of(m))
+                .collect(),
+        }
+    }
+
+    /// Counts reservations as active, dropping those the cache caught up with.
+    fn merge_reservations(reservations: &mut HashMap<String, Flight>, world: &mut World) {
+        reservations.retain(|uid, _| {
+            world
+                .flights
+                .iter()
+                .any(|f| &f.uid == uid && f.is_waiting())
+        });
+        for f in world.flights.iter_mut() {
+            if let Some(r) = reservations.get(&f.uid) {
+                *f = Flight {
+                    phase: Some(Phase::Scheduling),
+                    ..r.clone()
+                };
+            }
+        }
+    }
+
+    /// Asks the oldest waiting migrations to look for capacity again.
+    fn wake_waiting(&self, world: &World) {
+        let mut waiting: Vec<&Flight> = world.flights.iter().filter(|f| f.is_waiting()).collect();
+        waiting.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
+        let resource = ApiResource::erase::<VirtualMachineMigration>(&());
+        for f in waiting.into_iter().take(WAKE_BATCH) {
+            let _ = self
+                .wake
+                .unbounded_send(ObjectRef::new_with(&f.name, resource.clone()));
+        }
+    }
+}
+
+/// Reconciles one migration through the finalizer: Apply drives it, Cleanup
+/// cancels it.
 pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let observed = observe::observe(&obj);
-    let decision = decide::decide(&observed, jiff::Timestamp::now());
-    let result = match decision.status {
-        Some(ref desired) => status::write(&ctx.api, &observed.name, desired).await,
-        None => Ok(()),
-    };
+    let result = finalizer(&ctx.api, FINALIZER, obj, |event| async {
+        match event {
+            Finalizer::Apply(o) => drive(&o, &ctx, false).await,
+            Finalizer::Cleanup(o) => drive(&o, &ctx, true).await,
+        }
+    })
+    .await
+    .map_err(Error::from_finalizer);
     let label = match &result {
-        Ok(()) => "ok",
+        Ok(_) => "ok",
         Err(e) => e.category(),
     };
     ctx.metrics
         .reconciled(label, started.elapsed().as_secs_f64());
-    result?;
-    if let Ok(mut f) = ctx.failures.lock() {
-        f.remove(&observed.name);
+    result
+}
+
+/// Observe → decide → act → write status, for one migration.
+async fn drive(obj: &DynamicObject, ctx: &Context, deleting: bool) -> Result<Action, Error> {
+    let mut obs = observe::observe(obj);
+    obs.world = ctx.world();
+    obs.last_progress_write = ctx
+        .progress_written
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&obs.uid).copied());
+    if !deleting {
+        obs.reading = agents::read(&ctx.agents, &obs).await;
     }
-    debug!(migration = %observed.name, next = ?decision.next, "reconciled");
+    let now = Timestamp::now();
+    let decision = if deleting {
+        decide::cancel(&obs, now)
+    } else {
+        admit_atomically(ctx, &mut obs, now)
+    };
+    let decision = match decision.effect.clone() {
+        Some(effect) => {
+            let outcome = agents::act(&ctx.agents, &obs.uid, &effect).await;
+            debug!(migration = %obs.name, ?effect, ?outcome, "agent call");
+            decide::outcome::apply(
+                &obs,
+                &ctx.settings,
+                decision,
+                &effect,
+                outcome,
+                Timestamp::now(),
+            )
+        }
+        None => decision,
+    };
+    record(ctx, obj, &obs, &decision).await?;
+    if let Ok(mut f) = ctx.failures.lock() {
+        f.remove(&obs.name);
+    }
+    if deleting && !decision.finished {
+        return Err(Error::CancelPending {
+            name: obs.name.clone(),
+        });
+    }
     Ok(decision.next.into())
 }
 
+/// Decides with reservations merged, holding their lock so that two
+/// reconciles cannot both take the last slot or the same VM.
+fn admit_atomically(ctx: &Context, obs: &mut Observed, now: Timestamp) -> Decision {
+    let Ok(mut reservations) = ctx.reservations.lock() else {
+        return decide::decide(obs, &ctx.settings, now);
+    };
+    Context::merge_reservations(&mut reservations, &mut obs.world);
+    let d = decide::decide(obs, &ctx.settings, now);
+    if let Some(me) = &d.admitted {
+        // Counted as active until the cache shows Scheduling.
+        reservations.insert(obs.uid.clone(), me.clone());
+    }
+    d
+}
+
+/// Writes the status when it changed, then events and metrics.
+async fn record(
+    ctx: &Context,
+    obj: &DynamicObject,
+    obs: &Observed,
+    d: &Decision,
+) -> Result<(), Error> {
+    if d.status == obs.status {
+        return Ok(());
+    }
+    status::write(&ctx.api, &obs.name, &d.status).await?;
+    let now = Timestamp::now();
+    if d.status.progress != obs.status.progress
+        && let Ok(mut m) = ctx.progress_written.lock()
+    {
+        m.insert(obs.uid.clone(), now);
+    }
+    ctx.metrics.transition(&obs.status, &d.status);
+    let ended = d.status.phase.is_some_and(Phase::is_terminal)
+        && !obs.status.phase.is_some_and(Phase::is_terminal);
+    if ended {
+        if let Ok(mut m) = ctx.progress_written.lock() {
+            m.remove(&obs.uid);
+        }
+        ctx.wake_waiting(&obs.world);
+    }
+    let notes = events::notes(&obs.status, &d.status);
+    events::publish(&ctx.recorder, &reference(obj), notes).await;
+    Ok(())
+}
+
+fn reference(obj: &DynamicObject) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(format!("{}/{}", kvmotion_api::GROUP, kvmotion_api::VERSION)),
+        kind: Some("VirtualMachineMigration".into()),
+        name: obj.metadata.name.clone(),
+        uid: obj.metadata.uid.clone(),
+        resource_version: obj.metadata.resource_version.clone(),
+        ..Default::default()
+    }
+}
+
 /// Retries transient failures with exponential backoff per object; a
-/// permanent one waits for the object to change.
+/// permanent one waits for the object to change. A cancellation waiting
+/// for its job to stop looks again soon.
 pub fn error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Context>) -> Action {
     let name = obj.metadata.name.clone().unwrap_or_default();
+    if let Error::CancelPending { .. } = err {
+        return Action::requeue(Duration::from_secs(1));
+    }
     warn!(migration = %name, category = err.category(), error = %crate::error::chain(err), "reconcile failed");
     if !err.is_transient() {
         return Action::await_change();

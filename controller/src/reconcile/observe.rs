@@ -1,23 +1,80 @@
 //! Observe: turn the stored object into what `decide` needs, catching any
 //! spec the controller cannot act on instead of failing on it.
 
+use jiff::Timestamp;
 use kube::api::DynamicObject;
+use kvmotion_api::agent::JobStatus;
+use kvmotion_api::hypervisor::DomainInfo;
 use kvmotion_api::{VirtualMachineMigrationSpec, VirtualMachineMigrationStatus};
 use tracing::warn;
 
 use super::selector;
+use super::world::World;
 
-/// A migration as the controller sees it.
-#[derive(Debug, Clone, PartialEq)]
+/// A migration as the controller sees it, with the world around it.
+#[derive(Debug, Clone)]
 pub struct Observed {
     /// Object name.
     pub name: String,
+    /// Object UID: the migration id the agents know it by.
+    pub uid: String,
+    /// Creation time.
+    pub created: Timestamp,
+    /// Set once deletion was requested.
+    pub deleting_since: Option<Timestamp>,
     /// `metadata.generation`.
     pub generation: i64,
     /// The spec, or why it cannot be acted on.
     pub spec: Result<VirtualMachineMigrationSpec, SpecProblem>,
     /// Current status (empty when none was written yet).
     pub status: VirtualMachineMigrationStatus,
+    /// Inventories, policies, heartbeats and other migrations.
+    pub world: World,
+    /// What the agents said, for the phases that ask them.
+    pub reading: Reading,
+    /// When this controller last wrote the migration's progress.
+    pub last_progress_write: Option<Timestamp>,
+}
+
+/// What the agents were asked while observing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reading {
+    /// Nothing (the phase does not ask).
+    Nothing,
+    /// The source agent's job.
+    Job(Result<JobStatus, AgentFailure>),
+    /// Where the VM is: the source's and the target's answer.
+    Presence {
+        /// The source node's answer.
+        source: Result<Option<DomainInfo>, AgentFailure>,
+        /// The target node's answer.
+        target: Result<Option<DomainInfo>, AgentFailure>,
+    },
+}
+
+/// A call to an agent that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentFailure {
+    /// The agent's node.
+    pub node: String,
+    /// True when it did not answer at all (or not in time).
+    pub unreachable: bool,
+    /// The agent's reason when it refused (e.g. "UnknownMigration").
+    pub reason: Option<String>,
+    /// What happened.
+    pub message: String,
+}
+
+impl AgentFailure {
+    /// Describes a client error from `node`.
+    pub fn from_client(node: &str, e: &kvmotion_api::client::Error) -> AgentFailure {
+        AgentFailure {
+            node: node.to_string(),
+            unreachable: !matches!(e, kvmotion_api::client::Error::Refused { .. }),
+            reason: e.reason().map(str::to_string),
+            message: kvmotion_api::error_chain(e),
+        }
+    }
 }
 
 /// Why a spec that passed admission still cannot be acted on.
@@ -42,9 +99,20 @@ pub fn observe(obj: &DynamicObject) -> Observed {
     };
     Observed {
         name,
+        uid: obj.metadata.uid.clone().unwrap_or_default(),
+        created: obj
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or(Timestamp::UNIX_EPOCH),
+        deleting_since: obj.metadata.deletion_timestamp.as_ref().map(|t| t.0),
         generation: obj.metadata.generation.unwrap_or(0),
         spec,
         status,
+        world: World::default(),
+        reading: Reading::Nothing,
+        last_progress_write: None,
     }
 }
 

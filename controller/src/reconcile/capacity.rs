@@ -1,0 +1,157 @@
+//! The concurrency gate: whether a pending migration may start now, under
+//! its policy's limits per cluster, outbound per node and inbound per node.
+//! Migrations start in creation order: older waiting migrations that need
+//! the same capacity are counted ahead of this one. Pure.
+
+use kvmotion_api::policy::ConcurrencyLimits;
+
+use super::world::Flight;
+
+/// Whether `me` may start. `Err` says what is full, for the condition.
+pub fn admit(me: &Flight, others: &[Flight], limits: &ConcurrencyLimits) -> Result<(), String> {
+    let ahead = |f: &&Flight| f.is_waiting() && (f.created, &f.name) < (me.created, &me.name);
+    let relevant: Vec<&Flight> = others
+        .iter()
+        .filter(|f| f.uid != me.uid)
+        .filter(|f| f.is_active() || ahead(f))
+        .collect();
+    let count = |pred: &dyn Fn(&Flight) -> bool| -> (u32, u32) {
+        let active = relevant.iter().filter(|f| f.is_active() && pred(f)).count();
+        let waiting = relevant
+            .iter()
+            .filter(|f| !f.is_active() && pred(f))
+            .count();
+        (active as u32, waiting as u32)
+    };
+    let check = |what: String, (active, waiting): (u32, u32), limit: u32| {
+        if active + waiting < limit {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what}: {active} of {limit} in flight and {waiting} older migration(s) waiting ahead"
+            ))
+        }
+    };
+    check("cluster limit".into(), count(&|_| true), limits.per_cluster)?;
+    if let Some(src) = &me.source {
+        check(
+            format!("outbound limit of {src}"),
+            count(&|f| f.source.as_ref() == Some(src)),
+            limits.outbound_per_node,
+        )?;
+    }
+    if let Some(dst) = &me.target {
+        check(
+            format!("inbound limit of {dst}"),
+            count(&|f| f.target.as_ref() == Some(dst)),
+            limits.inbound_per_node,
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jiff::Timestamp;
+    use kvmotion_api::Phase;
+
+    fn f(name: &str, created: i64, phase: Option<Phase>, src: &str, dst: &str) -> Flight {
+        Flight {
+            uid: name.into(),
+            name: name.into(),
+            created: Timestamp::from_second(created).unwrap(),
+            phase,
+            vm_name: Some(format!("vm-{name}")),
+            vm_uuid: None,
+            source: Some(src.into()),
+            target: Some(dst.into()),
+        }
+    }
+
+    fn limits(cluster: u32, out: u32, inb: u32) -> ConcurrencyLimits {
+        ConcurrencyLimits {
+            per_cluster: cluster,
+            outbound_per_node: out,
+            inbound_per_node: inb,
+        }
+    }
+
+    #[test]
+    fn the_gate_counts_active_and_older_waiting_migrations_per_limit() {
+        let me = f("me", 100, Some(Phase::Pending), "a", "b");
+        let run = Some(Phase::Migrating);
+        let wait = Some(Phase::Pending);
+        // (case, others, limits, admitted?)
+        let cases: Vec<(&str, Vec<Flight>, ConcurrencyLimits, Result<(), &str>)> = vec![
+            ("empty cluster", vec![], limits(1, 1, 1), Ok(())),
+            (
+                "cluster full",
+                vec![f("x", 1, run, "c", "d")],
+                limits(1, 5, 5),
+                Err("cluster limit: 1 of 1 in flight and 0 older migration(s) waiting ahead"),
+            ),
+            (
+                "older waiting counts ahead",
+                vec![f("x", 50, wait, "c", "d")],
+                limits(1, 5, 5),
+                Err("cluster limit: 0 of 1 in flight and 1 older migration(s) waiting ahead"),
+            ),
+            (
+                "younger waiting does not",
+                vec![f("x", 150, wait, "c", "d")],
+                limits(1, 5, 5),
+                Ok(()),
+            ),
+            (
+                "outbound of the source",
+                vec![f("x", 1, run, "a", "d")],
+                limits(5, 1, 5),
+                Err("outbound limit of a: 1 of 1 in flight and 0 older migration(s) waiting ahead"),
+            ),
+            (
+                "inbound of the target",
+                vec![f("x", 1, run, "c", "b")],
+                limits(5, 5, 1),
+                Err("inbound limit of b: 1 of 1 in flight and 0 older migration(s) waiting ahead"),
+            ),
+            (
+                "other nodes are free",
+                vec![f("x", 1, run, "c", "d")],
+                limits(5, 1, 1),
+                Ok(()),
+            ),
+            (
+                "finished ones free their slot",
+                vec![
+                    f("x", 1, Some(Phase::Succeeded), "a", "b"),
+                    f("y", 1, Some(Phase::Failed), "a", "b"),
+                ],
+                limits(1, 1, 1),
+                Ok(()),
+            ),
+            (
+                "itself is not counted",
+                vec![f("me", 100, run, "a", "b")],
+                limits(1, 1, 1),
+                Ok(()),
+            ),
+        ];
+        for (name, others, l, want) in cases {
+            let got = admit(&me, &others, &l);
+            assert_eq!(
+                got.as_ref().map_err(|e| e.as_str()),
+                want.as_ref().map_err(|e| *e),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn same_age_waiting_migrations_queue_by_name() {
+        let me = f("b", 100, None, "a", "b");
+        let twin = f("a", 100, None, "c", "d");
+        assert!(admit(&me, std::slice::from_ref(&twin), &limits(1, 5, 5)).is_err());
+        assert!(admit(&twin, &[me], &limits(1, 5, 5)).is_ok());
+    }
+}

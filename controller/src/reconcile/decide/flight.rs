@@ -1,0 +1,261 @@
+//! The phases where the agents act: prepare and start, mirror the job,
+//! verify the arrival, and settle after a failure.
+
+use jiff::Timestamp;
+use kvmotion_api::agent::{JobPhase, PrepareRequest, PrepareResponse, StartRequest};
+use kvmotion_api::hypervisor::{DomainInfo, DomainState};
+use kvmotion_api::migration::{MigrationMode, TransferMode};
+use kvmotion_api::{ConditionReason as R, ConditionType as C, Phase};
+
+use super::plan::check;
+use super::{Decision, Effect, Endpoint, Next, Settings, elapsed, settle_pending};
+use crate::precheck;
+use crate::reconcile::conditions;
+use crate::reconcile::observe::{AgentFailure, Observed, Reading};
+
+/// The agents of the source and target, from the inventories.
+pub fn endpoints(obs: &Observed) -> Result<(Endpoint, Endpoint), String> {
+    let get = |node: &Option<String>| -> Result<Endpoint, String> {
+        let node = node.clone().ok_or("status names no node")?;
+        let url = obs
+            .world
+            .endpoint(&node)
+            .ok_or_else(|| format!("the agent on {node} publishes no endpoint"))?;
+        Ok(Endpoint { node, url })
+    };
+    Ok((get(&obs.status.source_node)?, get(&obs.status.target_node)?))
+}
+
+/// Preparing: prepare the target and start the job on the source.
+pub fn preparing(obs: &Observed, d: &mut Decision, now: Timestamp) {
+    // Heartbeats were checked a moment ago; here only the VM and disks
+    // matter, so a generous heartbeat age avoids failing on a slow renewal.
+    let lenient = super::Settings {
+        heartbeat_max_age: std::time::Duration::from_secs(u64::MAX / 4),
+        ..Default::default()
+    };
+    let c = match check(obs, &lenient, now) {
+        Ok(c) => c,
+        Err((r, m)) => return d.fail(obs, Some(C::Prechecked), r.as_str(), m, false, now),
+    };
+    let (source, target) = match endpoints(obs) {
+        Ok(e) => e,
+        Err(m) => return d.fail(obs, None, R::AgentUnavailable.as_str(), m, false, now),
+    };
+    let (Ok(spec), Some(policy)) = (&obs.spec, &obs.status.policy) else {
+        return;
+    };
+    let vm = precheck::domain_ref(&c.located.domain);
+    d.effect = Some(Effect::Start {
+        prepare: PrepareRequest {
+            vm: vm.clone(),
+            source_node: source.node.clone(),
+            mode: spec.mode,
+            memory_bytes: c.located.domain.memory_bytes,
+            cpu_xml: String::new(),
+            virt_type: "kvm".into(),
+            disks: c.disks.clone(),
+        },
+        start: StartRequest {
+            vm,
+            target_node: target.node.clone(),
+            target: PrepareResponse {
+                libvirt_uri: String::new(),
+                migration_uri: String::new(),
+                agent_endpoint: String::new(),
+                created_disks: Vec::new(),
+            },
+            mode: spec.mode,
+            tuning: policy.tuning.clone(),
+            disks: c.disks,
+        },
+        source,
+        target,
+    });
+}
+
+/// Marks an agent silent (or fails once it stayed silent too long).
+pub fn unreachable(
+    obs: &Observed,
+    s: &Settings,
+    d: &mut Decision,
+    f: &AgentFailure,
+    now: Timestamp,
+) {
+    let since = conditions::get(&d.status.conditions, C::AgentsReachable)
+        .filter(|c| c.status == "False")
+        .map(|c| c.last_transition_time.0)
+        .unwrap_or(now);
+    if elapsed(since, now) >= s.agent_timeout {
+        let m = format!(
+            "the agent on {} has not answered for {} s ({}); the migration is given up and the VM will be located once the agents answer",
+            f.node,
+            elapsed(since, now).as_secs(),
+            f.message
+        );
+        return d.fail(
+            obs,
+            Some(C::AgentsReachable),
+            R::AgentUnreachable.as_str(),
+            m,
+            true,
+            now,
+        );
+    }
+    d.condition(
+        obs,
+        C::AgentsReachable,
+        false,
+        R::AgentUnreachable.as_str(),
+        format!("the agent on {} does not answer: {}", f.node, f.message),
+        now,
+    );
+    d.next = Next::RequeueAfter(std::time::Duration::from_secs(2));
+}
+
+/// Records that the agents answer again.
+pub fn reachable_now(obs: &Observed, d: &mut Decision, now: Timestamp) {
+    let was = conditions::get(&d.status.conditions, C::AgentsReachable).map(|c| c.status.clone());
+    if was.as_deref() != Some("True") {
+        d.condition(
+            obs,
+            C::AgentsReachable,
+            true,
+            R::AgentsAnswer.as_str(),
+            "both agents answer".into(),
+            now,
+        );
+    }
+}
+
+/// Migrating: mirror the job; move on when it ends.
+pub fn migrating(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp) {
+    let job = match &obs.reading {
+        Reading::Job(Ok(job)) => job,
+        Reading::Job(Err(f)) if f.unreachable => return unreachable(obs, s, d, f, now),
+        Reading::Job(Err(f)) => {
+            let m = if f.reason.as_deref() == Some("UnknownMigration") {
+                format!(
+                    "the agent on {} no longer knows the job (it restarted); {}",
+                    f.node, f.message
+                )
+            } else {
+                f.message.clone()
+            };
+            return d.fail(obs, None, "JobLost", m, true, now);
+        }
+        Reading::Nothing | Reading::Presence { .. } => return,
+    };
+    reachable_now(obs, d, now);
+    match job.phase {
+        JobPhase::Starting | JobPhase::Running => {
+            let due = obs
+                .last_progress_write
+                .is_none_or(|t| elapsed(t, now) >= s.progress_interval);
+            if due || d.status.progress.is_none() {
+                d.status.progress = Some(job.progress.clone());
+            }
+            let force = obs.spec.as_ref().is_ok_and(|sp| sp.force_complete);
+            if force
+                && job.progress.mode == TransferMode::PreCopy
+                && let Ok((source, _)) = endpoints(obs)
+            {
+                d.effect = Some(Effect::ForceComplete { source });
+            }
+            d.next = Next::RequeueAfter(s.progress_interval);
+        }
+        JobPhase::Completed => {
+            let mut p = job.progress.clone();
+            p.percent = 100;
+            p.data_remaining_bytes = 0;
+            d.status.progress = Some(p);
+            d.status.result = job.result.clone();
+            d.enter(Phase::Finalizing, now);
+        }
+        JobPhase::Failed | JobPhase::Aborted => {
+            let reason = job
+                .reason
+                .clone()
+                .unwrap_or_else(|| "MigrationFailed".into());
+            let mut m = job
+                .message
+                .clone()
+                .unwrap_or_else(|| "the libvirt job failed".into());
+            if let Some(n) = &job.vm_node {
+                m.push_str(&format!("; the VM runs on {n}"));
+            }
+            d.fail(obs, None, &reason, m, true, now);
+        }
+    }
+}
+
+/// The state the VM must have on the target when the move worked.
+fn arrived(obs: &Observed, dom: &DomainInfo) -> bool {
+    let offline = obs
+        .spec
+        .as_ref()
+        .is_ok_and(|s| s.mode == MigrationMode::Offline);
+    running(dom.state) || (offline && dom.persistent)
+}
+
+/// Whether the guest runs (or is paused mid-run) there.
+pub fn running(state: DomainState) -> bool {
+    match state {
+        DomainState::Running | DomainState::Blocked | DomainState::Paused => true,
+        DomainState::ShuttingDown
+        | DomainState::ShutOff
+        | DomainState::Crashed
+        | DomainState::Suspended
+        | DomainState::Unknown => false,
+    }
+}
+
+/// Finalizing: confirm the VM is on the target and gone from the source.
+pub fn finalizing(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp) {
+    let (src, dst) = match &obs.reading {
+        Reading::Presence { source, target } => (source, target),
+        Reading::Nothing | Reading::Job(_) => return,
+    };
+    let (src, dst) = match (src, dst) {
+        (Err(f), _) | (_, Err(f)) => return unreachable(obs, s, d, f, now),
+        (Ok(a), Ok(b)) => (a, b),
+    };
+    reachable_now(obs, d, now);
+    let target = obs.status.target_node.clone().unwrap_or_default();
+    let source = obs.status.source_node.clone().unwrap_or_default();
+    match (src, dst) {
+        (None, Some(t)) | (Some(_), Some(t))
+            if arrived(obs, t) && !src.as_ref().is_some_and(|x| running(x.state)) =>
+        {
+            if let Ok((source, target)) = endpoints(obs) {
+                d.effect = Some(Effect::Finish { source, target });
+            }
+        }
+        (_, t) => {
+            let m = format!(
+                "the job completed but the VM is {} on {target} and {} on {source}",
+                t.as_ref()
+                    .map_or("absent".into(), |x| format!("{:?}", x.state)),
+                src.as_ref()
+                    .map_or("absent".into(), |x| format!("{:?}", x.state)),
+            );
+            d.fail(obs, None, R::VerificationFailed.as_str(), m, true, now);
+        }
+    }
+}
+
+/// Failed or Cancelled with agent state left: settle it.
+pub fn settle(obs: &Observed, d: &mut Decision) {
+    if !settle_pending(&obs.status) {
+        return;
+    }
+    let vm = obs.status.vm.as_ref().map(|v| v.uuid.clone()).or_else(|| {
+        obs.spec
+            .as_ref()
+            .ok()
+            .and_then(|s| s.vm.uuid.clone().or(s.vm.name.clone()))
+    });
+    if let (Ok((source, target)), Some(vm)) = (endpoints(obs), vm) {
+        d.effect = Some(Effect::Settle { source, target, vm });
+    }
+}

@@ -1,0 +1,266 @@
+//! Decide: the next status of a migration and the one agent call to make,
+//! as pure functions of what was observed, the controller's settings and
+//! the time. Every phase is matched explicitly and table-tested.
+//!
+//! `decide` runs first; when it asks for an [`Effect`], the caller performs
+//! it and hands the [`Outcome`] to `outcome::apply`, also pure.
+
+mod cancel;
+mod flight;
+pub mod outcome;
+mod plan;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::controller::Action;
+use kvmotion_api::agent::{JobStatus, PrepareRequest, StartRequest};
+use kvmotion_api::hypervisor::DomainState;
+use kvmotion_api::migration::PhaseTransition;
+use kvmotion_api::{ConditionType, Phase, VirtualMachineMigrationStatus};
+
+use super::conditions;
+use super::observe::{AgentFailure, Observed};
+
+pub use cancel::cancel;
+pub use flight::endpoints as flight_endpoints;
+
+/// The controller's own timing, from its flags.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// An agent heartbeat older than this makes its node unavailable.
+    pub heartbeat_max_age: Duration,
+    /// How long an agent may stay silent mid-migration before the
+    /// migration fails with AgentUnreachable.
+    pub agent_timeout: Duration,
+    /// Progress is mirrored at most this often.
+    pub progress_interval: Duration,
+    /// How often a waiting migration looks for capacity again.
+    pub capacity_recheck: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            heartbeat_max_age: Duration::from_secs(40),
+            agent_timeout: Duration::from_secs(60),
+            progress_interval: Duration::from_secs(1),
+            capacity_recheck: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What reconcile should do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The status the migration should have (written when it differs).
+    pub status: VirtualMachineMigrationStatus,
+    /// The agent call to make, if any.
+    pub effect: Option<Effect>,
+    /// When to look again.
+    pub next: Next,
+    /// Capacity was granted to this flight: the caller records the
+    /// reservation.
+    pub admitted: Option<super::world::Flight>,
+    /// Deletion may proceed (cancel only).
+    pub finished: bool,
+}
+
+/// When to reconcile again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Only when the object (or something watched) changes.
+    AwaitChange,
+    /// After a delay, whatever happens.
+    RequeueAfter(Duration),
+}
+
+impl From<Next> for Action {
+    fn from(n: Next) -> Action {
+        match n {
+            Next::AwaitChange => Action::await_change(),
+            Next::RequeueAfter(d) => Action::requeue(d),
+        }
+    }
+}
+
+/// An agent, by node and endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Node name.
+    pub node: String,
+    /// Agent API URL.
+    pub url: String,
+}
+
+/// One call sequence to the agents.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Prepare the target, then start the job on the source with the
+    /// target's answer. Both calls are idempotent per migration id.
+    Start {
+        /// Source agent.
+        source: Endpoint,
+        /// Target agent.
+        target: Endpoint,
+        /// For the target.
+        prepare: PrepareRequest,
+        /// For the source; `target` is filled from the prepare answer.
+        start: StartRequest,
+    },
+    /// Ask the source to finish now (post-copy or pause).
+    ForceComplete {
+        /// Source agent.
+        source: Endpoint,
+    },
+    /// Forget the finished job on both agents.
+    Finish {
+        /// Source agent.
+        source: Endpoint,
+        /// Target agent.
+        target: Endpoint,
+    },
+    /// Stop the job if it still runs, clean the target, and find where the
+    /// VM runs now.
+    Settle {
+        /// Source agent.
+        source: Endpoint,
+        /// Target agent.
+        target: Endpoint,
+        /// The VM's UUID (or name).
+        vm: String,
+    },
+}
+
+/// What an effect achieved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The job runs.
+    Started(JobStatus),
+    /// An agent refused, with its reason.
+    Refused(AgentFailure),
+    /// An agent did not answer.
+    Unreachable(AgentFailure),
+    /// Done (force-complete sent, job forgotten).
+    Done,
+    /// Settled: the nodes that have the VM, and its state there.
+    Located(Vec<(String, DomainState)>),
+    /// Not settled yet (the job is still stopping), with why.
+    Stopping(String),
+}
+
+/// Computes what to do with a migration that is not being deleted.
+pub fn decide(obs: &Observed, s: &Settings, now: Timestamp) -> Decision {
+    let mut d = Decision::keep(obs);
+    match obs.status.phase {
+        None => plan::accept(obs, &mut d, now),
+        Some(Phase::Pending) => plan::pending(obs, s, &mut d, now),
+        Some(Phase::Scheduling) => plan::scheduling(obs, s, &mut d, now),
+        Some(Phase::Prechecking) => plan::prechecking(obs, s, &mut d, now),
+        Some(Phase::Preparing) => flight::preparing(obs, &mut d, now),
+        Some(Phase::Migrating) => flight::migrating(obs, s, &mut d, now),
+        Some(Phase::Finalizing) => flight::finalizing(obs, s, &mut d, now),
+        Some(Phase::Failed) | Some(Phase::Cancelled) => flight::settle(obs, &mut d),
+        Some(Phase::Succeeded) => {}
+    }
+    d
+}
+
+impl Decision {
+    /// No change yet: the current status, no effect, wait for a change.
+    fn keep(obs: &Observed) -> Decision {
+        Decision {
+            status: obs.status.clone(),
+            effect: None,
+            next: Next::AwaitChange,
+            admitted: None,
+            finished: false,
+        }
+    }
+
+    /// Moves into `phase`, recording when.
+    fn enter(&mut self, phase: Phase, now: Timestamp) {
+        let now = time(now);
+        self.status.phase = Some(phase);
+        self.status.phase_transition_times.push(PhaseTransition {
+            phase,
+            time: now.clone(),
+        });
+        if phase.is_terminal() {
+            self.status.completion_time = Some(now);
+            self.status.progress = None;
+        }
+    }
+
+    /// Sets a condition.
+    fn condition(
+        &mut self,
+        obs: &Observed,
+        type_: ConditionType,
+        ok: bool,
+        reason: &str,
+        message: String,
+        now: Timestamp,
+    ) {
+        conditions::set(
+            &mut self.status.conditions,
+            type_,
+            ok,
+            reason,
+            message,
+            obs.generation,
+            time(now),
+        );
+    }
+
+    /// Fails the migration: the step's condition (if any) and Completed
+    /// carry the reason. `touched` says the agents hold state to settle.
+    #[allow(clippy::too_many_arguments)]
+    fn fail(
+        &mut self,
+        obs: &Observed,
+        step: Option<ConditionType>,
+        reason: &str,
+        message: String,
+        touched: bool,
+        now: Timestamp,
+    ) {
+        if let Some(step) = step {
+            self.condition(obs, step, false, reason, message.clone(), now);
+        }
+        self.condition(obs, ConditionType::Completed, false, reason, message, now);
+        if touched {
+            self.condition(
+                obs,
+                ConditionType::Settled,
+                false,
+                kvmotion_api::ConditionReason::SettlePending.as_str(),
+                "stopping the job, cleaning the target and locating the VM".into(),
+                now,
+            );
+        }
+        self.enter(Phase::Failed, now);
+        self.effect = None;
+        self.next = Next::AwaitChange;
+    }
+}
+
+/// Status times are whole seconds, as Kubernetes serializes them.
+pub fn time(now: Timestamp) -> Time {
+    Time(Timestamp::from_second(now.as_second()).unwrap_or(now))
+}
+
+/// How long ago `since` was, never negative.
+fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
+    now.duration_since(since).unsigned_abs()
+}
+
+/// Whether a settle is still owed: the agents were touched and the VM not
+/// yet located.
+pub fn settle_pending(status: &VirtualMachineMigrationStatus) -> bool {
+    conditions::get(&status.conditions, ConditionType::Settled)
+        .is_some_and(|c| c.reason == kvmotion_api::ConditionReason::SettlePending.as_str())
+}

@@ -1,0 +1,219 @@
+//! Events: one for every phase transition, failure and settlement, derived
+//! from the status before and after a reconcile (pure), then published.
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kvmotion_api::{ConditionType as C, Phase, VirtualMachineMigrationStatus as Status};
+use tracing::warn;
+
+use super::conditions;
+
+/// One event to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    /// Warning rather than Normal.
+    pub warning: bool,
+    /// CamelCase reason.
+    pub reason: String,
+    /// For a person.
+    pub message: String,
+}
+
+fn changed(old: &Status, new: &Status, t: C) -> Option<(bool, String, String)> {
+    let n = conditions::get(&new.conditions, t)?;
+    let o = conditions::get(&old.conditions, t);
+    let same = o.is_some_and(|o| o.status == n.status && o.reason == n.reason);
+    (!same).then(|| (n.status == "True", n.reason.clone(), n.message.clone()))
+}
+
+fn message_of(s: &Status, t: C) -> String {
+    conditions::get(&s.conditions, t)
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+/// The events that the change from `old` to `new` deserves.
+pub fn notes(old: &Status, new: &Status) -> Vec<Note> {
+    let mut out = Vec::new();
+    if let Some((false, reason, message)) = changed(old, new, C::Admitted) {
+        out.push(Note {
+            warning: false,
+            reason,
+            message,
+        });
+    }
+    if let Some((false, reason, message)) = changed(old, new, C::Scheduled)
+        && new.phase == old.phase
+    {
+        out.push(Note {
+            warning: false,
+            reason,
+            message,
+        });
+    }
+    if let Some((false, reason, message)) = changed(old, new, C::AgentsReachable)
+        && !new.phase.is_some_and(Phase::is_terminal)
+    {
+        out.push(Note {
+            warning: true,
+            reason,
+            message,
+        });
+    }
+    if new.phase != old.phase
+        && let Some(phase) = new.phase
+    {
+        let note = match phase {
+            Phase::Pending => Note {
+                warning: false,
+                reason: "Accepted".into(),
+                message: message_of(new, C::Accepted),
+            },
+            Phase::Scheduling => Note {
+                warning: false,
+                reason: "Scheduling".into(),
+                message: message_of(new, C::Admitted),
+            },
+            Phase::Prechecking => Note {
+                warning: false,
+                reason: "Scheduled".into(),
+                message: message_of(new, C::Scheduled),
+            },
+            Phase::Preparing => Note {
+                warning: false,
+                reason: "Prechecked".into(),
+                message: message_of(new, C::Prechecked),
+            },
+            Phase::Migrating => Note {
+                warning: false,
+                reason: "Migrating".into(),
+                message: format!(
+                    "the job started on {} toward {}",
+                    new.source_node.as_deref().unwrap_or("?"),
+                    new.target_node.as_deref().unwrap_or("?")
+                ),
+            },
+            Phase::Finalizing => Note {
+                warning: false,
+                reason: "Finalizing".into(),
+                message: "the job completed; verifying the VM on the target".into(),
+            },
+            Phase::Succeeded | Phase::Failed | Phase::Cancelled => {
+                let c = conditions::get(&new.conditions, C::Completed);
+                Note {
+                    warning: phase == Phase::Failed,
+                    reason: c.map_or(phase.as_str().to_string(), |c| c.reason.clone()),
+                    message: c.map(|c| c.message.clone()).unwrap_or_default(),
+                }
+            }
+        };
+        out.push(note);
+    }
+    if let Some((ok, reason, message)) = changed(old, new, C::Settled)
+        && reason != kvmotion_api::ConditionReason::SettlePending.as_str()
+    {
+        out.push(Note {
+            warning: !ok,
+            reason,
+            message,
+        });
+    }
+    out
+}
+
+/// Publishes `notes` about the migration `reference`; failures are logged,
+/// never fatal (events are best effort).
+pub async fn publish(recorder: &Recorder, reference: &ObjectReference, notes: Vec<Note>) {
+    for n in notes {
+        let ev = Event {
+            type_: if n.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: n.reason,
+            note: Some(n.message.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&ev, reference).await {
+            warn!(error = %e, "could not publish an event");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::conditions::set;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn t() -> Time {
+        Time(jiff::Timestamp::UNIX_EPOCH)
+    }
+
+    fn status(phase: Option<Phase>, conds: &[(C, bool, &str)]) -> Status {
+        let mut s = Status {
+            phase,
+            ..Default::default()
+        };
+        for (ty, ok, reason) in conds {
+            set(
+                &mut s.conditions,
+                *ty,
+                *ok,
+                reason,
+                format!("{reason} message"),
+                1,
+                t(),
+            );
+        }
+        s
+    }
+
+    #[test]
+    fn each_transition_and_failure_gets_one_event() {
+        let pending = status(Some(Phase::Pending), &[(C::Accepted, true, "Accepted")]);
+        let waiting = status(
+            Some(Phase::Pending),
+            &[
+                (C::Accepted, true, "Accepted"),
+                (C::Admitted, false, "WaitingForCapacity"),
+            ],
+        );
+        let failed = status(Some(Phase::Failed), &[(C::Completed, false, "VMNotFound")]);
+        let settled = status(
+            Some(Phase::Failed),
+            &[
+                (C::Completed, false, "VMNotFound"),
+                (C::Settled, true, "VMLocated"),
+            ],
+        );
+        let cases: Vec<(&str, &Status, &Status, Vec<(bool, &str)>)> = vec![
+            (
+                "accepted",
+                &Status::default(),
+                &pending,
+                vec![(false, "Accepted")],
+            ),
+            (
+                "starts waiting",
+                &pending,
+                &waiting,
+                vec![(false, "WaitingForCapacity")],
+            ),
+            ("still waiting", &waiting, &waiting, vec![]),
+            ("fails", &pending, &failed, vec![(true, "VMNotFound")]),
+            ("settles", &failed, &settled, vec![(false, "VMLocated")]),
+        ];
+        for (name, old, new, want) in cases {
+            let got: Vec<(bool, String)> = notes(old, new)
+                .into_iter()
+                .map(|n| (n.warning, n.reason))
+                .collect();
+            let want: Vec<(bool, String)> =
+                want.into_iter().map(|(w, r)| (w, r.to_string())).collect();
+            assert_eq!(got, want, "{name}");
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! The cluster as one reconcile sees it: inventories, policies, agent
+//! heartbeats and a summary of every other migration, taken from the
+//! controller's watch caches. Built without I/O, so decisions stay pure.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::DynamicObject;
+use kvmotion_api::hypervisor::Hypervisor;
+use kvmotion_api::policy::MigrationPolicy;
+use kvmotion_api::{Phase, VirtualMachineMigrationSpec, VirtualMachineMigrationStatus};
+
+/// Prefix of the agents' heartbeat Leases (`kvmotion-agent-<node>`).
+pub const AGENT_LEASE_PREFIX: &str = "kvmotion-agent-";
+
+/// Everything outside the migration that decisions depend on.
+#[derive(Debug, Clone, Default)]
+pub struct World {
+    /// Every Hypervisor.
+    pub hypervisors: Vec<Hypervisor>,
+    /// Every MigrationPolicy.
+    pub policies: Vec<MigrationPolicy>,
+    /// Last heartbeat of each node's agent.
+    pub heartbeats: BTreeMap<String, Timestamp>,
+    /// Every other migration, summarized.
+    pub flights: Vec<Flight>,
+}
+
+/// What concurrency and uniqueness need to know about one migration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flight {
+    /// Object UID.
+    pub uid: String,
+    /// Object name.
+    pub name: String,
+    /// Creation time (queue order).
+    pub created: Timestamp,
+    /// Phase (None: not accepted yet).
+    pub phase: Option<Phase>,
+    /// The VM's name, when known.
+    pub vm_name: Option<String>,
+    /// The VM's UUID, when known.
+    pub vm_uuid: Option<String>,
+    /// Source node, when known.
+    pub source: Option<String>,
+    /// Target node, when known.
+    pub target: Option<String>,
+}
+
+impl Flight {
+    /// True while the migration holds capacity (Scheduling to Finalizing).
+    pub fn is_active(&self) -> bool {
+        match self.phase {
+            Some(Phase::Scheduling)
+            | Some(Phase::Prechecking)
+            | Some(Phase::Preparing)
+            | Some(Phase::Migrating)
+            | Some(Phase::Finalizing) => true,
+            None
+            | Some(Phase::Pending)
+            | Some(Phase::Succeeded)
+            | Some(Phase::Failed)
+            | Some(Phase::Cancelled) => false,
+        }
+    }
+
+    /// True while it waits for capacity.
+    pub fn is_waiting(&self) -> bool {
+        matches!(self.phase, None | Some(Phase::Pending))
+    }
+
+    /// Whether both name the same VM: by UUID when both know it, else by
+    /// name (names are unique per node; the source disambiguates).
+    pub fn same_vm(&self, other: &Flight) -> bool {
+        match (&self.vm_uuid, &other.vm_uuid) {
+            (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+            _ => {
+                self.vm_name.is_some()
+                    && self.vm_name == other.vm_name
+                    && (self.source.is_none()
+                        || other.source.is_none()
+                        || self.source == other.source)
+            }
+        }
+    }
+
+    /// Summarizes a stored migration.
+    pub fn of(obj: &DynamicObject) -> Flight {
+        let spec: Option<VirtualMachineMigrationSpec> = obj
+            .data
+            .get("spec")
+            .and_then(|s| serde_json::from_value(s.clone()).ok());
+        let status: VirtualMachineMigrationStatus = obj
+            .data
+            .get("status")
+            .and_then(|s| serde_json::from_value(s.clone()).ok())
+            .unwrap_or_default();
+        let vm = status.vm.as_ref();
+        Flight {
+            uid: obj.metadata.uid.clone().unwrap_or_default(),
+            name: obj.metadata.name.clone().unwrap_or_default(),
+            created: obj
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .unwrap_or(Timestamp::UNIX_EPOCH),
+            phase: status.phase,
+            vm_name: vm
+                .map(|v| v.name.clone())
+                .or_else(|| spec.as_ref().and_then(|s| s.vm.name.clone())),
+            vm_uuid: vm
+                .map(|v| v.uuid.clone())
+                .or_else(|| spec.as_ref().and_then(|s| s.vm.uuid.clone())),
+            source: status
+                .source_node
+                .clone()
+                .or_else(|| spec.as_ref().and_then(|s| s.source_node.clone())),
+            target: status
+                .target_node
+                .clone()
+                .or_else(|| spec.as_ref().and_then(|s| s.target_node.clone())),
+        }
+    }
+}
+
+/// Heartbeats from the agents' Leases: node → last renewal.
+pub fn heartbeats<'a>(leases: impl IntoIterator<Item = &'a Lease>) -> BTreeMap<String, Timestamp> {
+    leases
+        .into_iter()
+        .filter_map(|l| {
+            let node = l
+                .metadata
+                .name
+                .as_deref()?
+                .strip_prefix(AGENT_LEASE_PREFIX)?;
+            let renewed = l.spec.as_ref()?.renew_time.as_ref()?.0;
+            Some((node.to_string(), renewed))
+        })
+        .collect()
+}
+
+impl World {
+    /// The Hypervisor of `node`.
+    pub fn hypervisor(&self, node: &str) -> Option<&Hypervisor> {
+        self.hypervisors
+            .iter()
+            .find(|h| h.metadata.name.as_deref() == Some(node))
+    }
+
+    /// The agent endpoint `node` publishes.
+    pub fn endpoint(&self, node: &str) -> Option<String> {
+        self.hypervisor(node)
+            .and_then(|h| h.status.as_ref())
+            .and_then(|s| s.agent_endpoint.clone())
+            .filter(|e| !e.is_empty())
+    }
+
+    /// Active migrations heading to each node.
+    pub fn inbound(&self) -> BTreeMap<String, u32> {
+        let mut counts = BTreeMap::new();
+        for f in self.flights.iter().filter(|f| f.is_active()) {
+            if let Some(t) = &f.target {
+                *counts.entry(t.clone()).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flight(uuid: Option<&str>, name: Option<&str>, source: Option<&str>) -> Flight {
+        Flight {
+            uid: "u".into(),
+            name: "m".into(),
+            created: Timestamp::UNIX_EPOCH,
+            phase: Some(Phase::Migrating),
+            vm_name: name.map(Into::into),
+            vm_uuid: uuid.map(Into::into),
+            source: source.map(Into::into),
+            target: None,
+        }
+    }
+
+    #[test]
+    fn the_same_vm_is_recognized_by_uuid_then_by_name_on_the_same_source() {
+        let cases = [
+            (
+                "uuids agree",
+                flight(Some("AB"), None, None),
+                flight(Some("ab"), Some("x"), None),
+                true,
+            ),
+            (
+                "uuids differ",
+                flight(Some("a"), Some("web"), None),
+                flight(Some("b"), Some("web"), None),
+                false,
+            ),
+            (
+                "names, one source unknown",
+                flight(None, Some("web"), None),
+                flight(Some("b"), Some("web"), Some("n1")),
+                true,
+            ),
+            (
+                "names on different sources",
+                flight(None, Some("web"), Some("n1")),
+                flight(None, Some("web"), Some("n2")),
+                false,
+            ),
+            (
+                "no name",
+                flight(None, None, None),
+                flight(None, None, None),
+                false,
+            ),
+        ];
+        for (name, a, b, want) in cases {
+            assert_eq!(a.same_vm(&b), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn only_agent_leases_are_heartbeats() {
+        let lease = |name: &str, secs: i64| Lease {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+                renew_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+                    Timestamp::from_second(secs).unwrap(),
+                )),
+                ..Default::default()
+            }),
+        };
+        let got = heartbeats(&[
+            lease("kvmotion-agent-node-a", 10),
+            lease("kvmotion-controller", 20),
+        ]);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got["node-a"], Timestamp::from_second(10).unwrap());
+    }
+}
