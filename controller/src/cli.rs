@@ -71,6 +71,11 @@ pub struct Args {
     #[arg(long, env = "KVMOTION_AGENT_TIMEOUT_SECONDS", default_value_t = 60)]
     pub agent_timeout_seconds: u64,
 
+    /// Only reconcile migrations whose labels match this selector (to
+    /// shard migrations across controllers, or to test in isolation).
+    #[arg(long, env = "KVMOTION_MIGRATION_SELECTOR")]
+    pub migration_selector: Option<String>,
+
     /// Log format.
     #[arg(long, env = "KVMOTION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

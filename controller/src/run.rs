@@ -84,6 +84,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         settings: args.settings(),
         agent_namespace: args.agent_namespace.clone(),
         identity: args.identity(),
+        selector: args.migration_selector.clone(),
     };
     let lease = LeaseConfig {
         namespace: args.lease_namespace.clone(),
@@ -120,6 +121,7 @@ struct Setup {
     settings: Settings,
     agent_namespace: String,
     identity: String,
+    selector: Option<String>,
 }
 
 /// Starts a watch cache of `api` and returns it once filled.
@@ -159,12 +161,12 @@ async fn run_controller(setup: Setup) {
         )),
     );
     let (wake, woken) = futures::channel::mpsc::unbounded();
-    let controller = Controller::new_with(
-        migrations_api(&client),
-        watcher::Config::default(),
-        resource,
-    )
-    .reconcile_on(woken);
+    let mut watch = watcher::Config::default();
+    if let Some(sel) = &setup.selector {
+        watch = watch.labels(sel);
+    }
+    let controller =
+        Controller::new_with(migrations_api(&client), watch, resource).reconcile_on(woken);
     let stores = Stores {
         migrations: controller.store(),
         hypervisors,

@@ -32,6 +32,11 @@ pub struct Credentials {
     pub peer_token_file: PathBuf,
     /// The controller's token for calling agents.
     pub controller_token: String,
+    /// The same token in a file, as the controller process reads it.
+    pub controller_token_file: PathBuf,
+    /// The controller's kubeconfig: its service-account token, the
+    /// apiserver on localhost.
+    pub controller_kubeconfig: PathBuf,
 }
 
 fn token(cp: &ControlPlane, sa: &str, audience: Option<&str>) -> String {
@@ -71,16 +76,28 @@ pub fn credentials() -> &'static Credentials {
         assert!(ca.ok, "{}", ca.stderr);
         let server = cp.kubectl(&["config", "view", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}"], None).stdout;
         let port = server.rsplit(':').next().unwrap_or("26443").to_string();
-        let kubeconfig = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: https://10.98.0.254:{port}\n    certificate-authority-data: {}\nusers:\n- name: agent\n  user:\n    token: {}\ncontexts:\n- name: lab\n  context: {{cluster: lab, user: agent}}\ncurrent-context: lab\n",
+        let kubeconfig_for = |host: &str, token: String| format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: https://{host}:{port}\n    certificate-authority-data: {}\nusers:\n- name: sa\n  user:\n    token: {token}\ncontexts:\n- name: lab\n  context: {{cluster: lab, user: sa}}\ncurrent-context: lab\n",
             ca.stdout.trim(),
-            token(cp, "kvmotion-agent", None)
         );
+        let kubeconfig = kubeconfig_for("10.98.0.254", token(cp, "kvmotion-agent", None));
+        let controller_kubeconfig = dir.join("controller-kubeconfig");
+        std::fs::write(&controller_kubeconfig, kubeconfig_for("127.0.0.1", token(cp, "kvmotion-controller", None)))
+            .expect("writing the controller kubeconfig");
         let agent_kubeconfig = dir.join("agent-kubeconfig");
         std::fs::write(&agent_kubeconfig, kubeconfig).expect("writing kubeconfig");
         let peer_token_file = dir.join("peer-token");
         std::fs::write(&peer_token_file, token(cp, "kvmotion-agent", Some(AUDIENCE))).expect("peer token");
-        Credentials { agent_kubeconfig, peer_token_file, controller_token: token(cp, "kvmotion-controller", Some(AUDIENCE)) }
+        let controller_token = token(cp, "kvmotion-controller", Some(AUDIENCE));
+        let controller_token_file = dir.join("controller-agent-token");
+        std::fs::write(&controller_token_file, &controller_token).expect("controller token");
+        Credentials {
+            agent_kubeconfig,
+            peer_token_file,
+            controller_token,
+            controller_token_file,
+            controller_kubeconfig,
+        }
     })
 }
 

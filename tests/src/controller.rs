@@ -69,6 +69,17 @@ impl ControllerProcess {
         identity: &str,
         extra: &[&str],
     ) -> Self {
+        Self::start_as(&cp.kubeconfig, lease_namespace, lease, identity, extra)
+    }
+
+    /// Starts a controller with the credentials in `kubeconfig`.
+    pub fn start_as(
+        kubeconfig: &std::path::Path,
+        lease_namespace: &str,
+        lease: &str,
+        identity: &str,
+        extra: &[&str],
+    ) -> Self {
         let http_addr: SocketAddr = format!("127.0.0.1:{}", free_port())
             .parse()
             .expect("address");
@@ -78,7 +89,7 @@ impl ControllerProcess {
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(controller_binary())
             .arg("--kubeconfig")
-            .arg(&cp.kubeconfig)
+            .arg(kubeconfig)
             .args(["--http-addr", &http_addr.to_string()])
             .args([
                 "--lease-namespace",

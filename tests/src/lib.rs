@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod control_plane;
 pub mod controller;
+pub mod e2e;
 pub mod http;
 pub mod lab;
 pub mod scope;

@@ -95,5 +95,22 @@ impl Drop for Scope {
         if !out.ok {
             eprintln!("cleaning scope {}: {}", self.id, out.stderr);
         }
+        // The controller that would cancel them may be gone already: a
+        // leftover finalizer must not keep the objects forever.
+        let left = self
+            .cp
+            .kubectl(&["get", "vmm", "-l", &selector, "-o", "name"], None);
+        for obj in left.stdout.lines().filter(|l| !l.trim().is_empty()) {
+            let _ = self.cp.kubectl(
+                &[
+                    "patch",
+                    obj.trim(),
+                    "--type=merge",
+                    "-p",
+                    r#"{"metadata":{"finalizers":null}}"#,
+                ],
+                None,
+            );
+        }
     }
 }

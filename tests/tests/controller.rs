@@ -1,7 +1,7 @@
-//! The controller as a real process against the real apiserver: it accepts
-//! new migrations into Pending through the status subresource, fails specs
-//! it cannot act on with a reason, elects one leader, and serves health and
-//! metrics.
+//! The controller as a real process against the real apiserver, without
+//! agents: it accepts new migrations through the status subresource, fails
+//! what it cannot act on with a reason, elects one leader, and serves
+//! health and metrics.
 
 use std::time::Duration;
 
@@ -15,7 +15,10 @@ const LEASE_NS: &str = "kvmotion-tests";
 
 fn start(scope: &Scope, lease: &str, identity: &str, extra: &[&str]) -> ControllerProcess {
     scope.cp.ensure_namespace(LEASE_NS);
-    ControllerProcess::start(scope.cp, LEASE_NS, lease, &scope.name(identity), extra)
+    let selector = format!("{}={}", kvmotion_tests::scope::SCOPE_LABEL, scope.id);
+    let mut args = vec!["--migration-selector", selector.as_str()];
+    args.extend_from_slice(extra);
+    ControllerProcess::start(scope.cp, LEASE_NS, lease, &scope.name(identity), &args)
 }
 
 fn create(scope: &Scope, base: &str, spec: serde_json::Value) -> String {
@@ -52,6 +55,21 @@ async fn wait_for_phase(scope: &Scope, name: &str, phase: &str) -> serde_json::V
     .unwrap()
 }
 
+/// Waits until the controller wrote any status (it reconciled the object).
+async fn wait_for_status(scope: &Scope, name: &str) -> serde_json::Value {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{name} to get a status"),
+        || async {
+            status_of(scope, name)
+                .await
+                .filter(|s| s["phase"].is_string())
+        },
+    )
+    .await
+    .unwrap()
+}
+
 fn condition<'a>(status: &'a serde_json::Value, type_: &str) -> &'a serde_json::Value {
     status["conditions"]
         .as_array()
@@ -60,21 +78,30 @@ fn condition<'a>(status: &'a serde_json::Value, type_: &str) -> &'a serde_json::
 }
 
 #[tokio::test]
-async fn a_new_migration_is_accepted_into_pending_through_the_status_subresource() {
+async fn a_new_migration_is_accepted_then_fails_on_an_unknown_vm_through_the_status_subresource() {
     let scope = Scope::new("accept-pending");
     let controller = start(&scope, &scope.name("lease"), "ctl", &[]);
     let name = create(
         &scope,
         "accept",
-        json!({"vm": {"name": "web-1"}, "targetNode": "node-b"}),
+        json!({"vm": {"name": "no-such-vm-anywhere"}, "targetNode": "node-b"}),
     );
 
-    let status = wait_for_phase(&scope, &name, "Pending").await;
+    let status = wait_for_phase(&scope, &name, "Failed").await;
     let accepted = condition(&status, "Accepted");
     assert_eq!(accepted["status"], "True", "{status}");
     assert_eq!(accepted["reason"], "Accepted");
     assert_eq!(status["observedGeneration"], 1);
-    assert_eq!(status["phaseTransitionTimes"][0]["phase"], "Pending");
+    let phases: Vec<&str> = status["phaseTransitionTimes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["Pending", "Scheduling", "Failed"], "{status}");
+    let scheduled = condition(&status, "Scheduled");
+    assert_eq!(scheduled["reason"], "VMNotFound", "{status}");
+    assert_eq!(condition(&status, "Completed")["reason"], "VMNotFound");
 
     // The status belongs to the controller's field manager, on the status
     // subresource: server-side apply, not a full-object update.
@@ -150,7 +177,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_stops() {
     second.wait_ready().await;
 
     let before = create(&scope, "while-first-leads", json!({"vm": {"name": "a"}}));
-    wait_for_phase(&scope, &before, "Pending").await;
+    wait_for_status(&scope, &before).await;
     let ok = r#"kvmotion_controller_reconciliations_total{result="ok"}"#;
     assert!(
         first.metric(ok).await.unwrap_or(0.0) >= 1.0,
@@ -174,7 +201,7 @@ async fn only_the_leader_reconciles_and_a_standby_takes_over_when_it_stops() {
     );
     second.wait_leading(Duration::from_secs(20)).await;
     let after = create(&scope, "after-takeover", json!({"vm": {"name": "b"}}));
-    wait_for_phase(&scope, &after, "Pending").await;
+    wait_for_status(&scope, &after).await;
     assert!(second.metric(ok).await.unwrap_or(0.0) >= 1.0);
 }
 
@@ -196,7 +223,7 @@ async fn a_crashed_leader_is_replaced_once_its_lease_expires() {
     first.kill().await; // no chance to release the Lease
     second.wait_leading(Duration::from_secs(30)).await;
     let name = create(&scope, "after-crash", json!({"vm": {"name": "c"}}));
-    wait_for_phase(&scope, &name, "Pending").await;
+    wait_for_status(&scope, &name).await;
 }
 
 #[tokio::test]

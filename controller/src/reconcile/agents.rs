@@ -81,7 +81,7 @@ pub async fn act(client: &AgentClient, id: &str, effect: &Effect) -> Outcome {
                 Ok(p) => p,
                 Err(e) => return failed(&target.node, &e),
             };
-            let mut start = start.clone();
+            let mut start = (**start).clone();
             start.target = prepared;
             match client.start(&source.url, id, &start).await {
                 Ok(job) => Outcome::Started(job),

@@ -51,6 +51,7 @@ pub fn admit(me: &Flight, others: &[Flight], limits: &ConcurrencyLimits) -> Resu
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity)]
 mod tests {
     use super::*;
     use jiff::Timestamp;

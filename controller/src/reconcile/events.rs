@@ -143,6 +143,7 @@ pub async fn publish(recorder: &Recorder, reference: &ObjectReference, notes: Ve
 }
 
 #[cfg(test)]
+#[allow(clippy::type_complexity)]
 mod tests {
     use super::*;
     use crate::reconcile::conditions::set;
@@ -173,6 +174,7 @@ mod tests {
 
     #[test]
     fn each_transition_and_failure_gets_one_event() {
+        let empty = Status::default();
         let pending = status(Some(Phase::Pending), &[(C::Accepted, true, "Accepted")]);
         let waiting = status(
             Some(Phase::Pending),
@@ -190,12 +192,7 @@ mod tests {
             ],
         );
         let cases: Vec<(&str, &Status, &Status, Vec<(bool, &str)>)> = vec![
-            (
-                "accepted",
-                &Status::default(),
-                &pending,
-                vec![(false, "Accepted")],
-            ),
+            ("accepted", &empty, &pending, vec![(false, "Accepted")]),
             (
                 "starts waiting",
                 &pending,

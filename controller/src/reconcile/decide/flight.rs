@@ -47,7 +47,7 @@ pub fn preparing(obs: &Observed, d: &mut Decision, now: Timestamp) {
     };
     let vm = precheck::domain_ref(&c.located.domain);
     d.effect = Some(Effect::Start {
-        prepare: PrepareRequest {
+        prepare: Box::new(PrepareRequest {
             vm: vm.clone(),
             source_node: source.node.clone(),
             mode: spec.mode,
@@ -55,8 +55,8 @@ pub fn preparing(obs: &Observed, d: &mut Decision, now: Timestamp) {
             cpu_xml: String::new(),
             virt_type: "kvm".into(),
             disks: c.disks.clone(),
-        },
-        start: StartRequest {
+        }),
+        start: Box::new(StartRequest {
             vm,
             target_node: target.node.clone(),
             target: PrepareResponse {
@@ -68,7 +68,7 @@ pub fn preparing(obs: &Observed, d: &mut Decision, now: Timestamp) {
             mode: spec.mode,
             tuning: policy.tuning.clone(),
             disks: c.disks,
-        },
+        }),
         source,
         target,
     });

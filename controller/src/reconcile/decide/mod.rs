@@ -107,9 +107,9 @@ pub enum Effect {
         /// Target agent.
         target: Endpoint,
         /// For the target.
-        prepare: PrepareRequest,
+        prepare: Box<PrepareRequest>,
         /// For the source; `target` is filled from the prepare answer.
-        start: StartRequest,
+        start: Box<StartRequest>,
     },
     /// Ask the source to finish now (post-copy or pause).
     ForceComplete {
@@ -155,6 +155,11 @@ pub enum Outcome {
 /// Computes what to do with a migration that is not being deleted.
 pub fn decide(obs: &Observed, s: &Settings, now: Timestamp) -> Decision {
     let mut d = Decision::keep(obs);
+    if obs.status.phase.is_some() {
+        // Only forceComplete can change the spec; its generation is
+        // acknowledged whatever the phase.
+        d.status.observed_generation = Some(obs.generation);
+    }
     match obs.status.phase {
         None => plan::accept(obs, &mut d, now),
         Some(Phase::Pending) => plan::pending(obs, s, &mut d, now),

@@ -1,1 +1,807 @@
+//! Table tests of every phase's decision and of effect outcomes.
+#![allow(clippy::type_complexity)]
 
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kvmotion_api::agent::{JobPhase, JobStatus, ResolvedTuning};
+use kvmotion_api::hypervisor::{
+    DiskInfo, DomainInfo, DomainState, HostCpu, HostMemory, Hypervisor, HypervisorSpec,
+    HypervisorStatus,
+};
+use kvmotion_api::migration::{AppliedPolicy, MigrationResult, ScheduledVm};
+use kvmotion_api::policy::{ConcurrencyLimits, MigrationPolicy, MigrationPolicySpec};
+use kvmotion_api::{
+    ConditionType as C, MigrationMode, Phase, VirtualMachineMigrationSpec,
+    VirtualMachineMigrationStatus, VmRef,
+};
+
+use super::outcome::apply;
+use super::*;
+use crate::reconcile::observe::{AgentFailure, Reading, SpecProblem};
+use crate::reconcile::world::{Flight, World};
+
+const GIB: u64 = 1 << 30;
+const UUID: &str = "6b0a7e2c-1d1e-4c51-9a11-0000000000a1";
+
+fn now() -> Timestamp {
+    Timestamp::from_second(1_800_000_000).unwrap()
+}
+
+fn ago(secs: i64) -> Timestamp {
+    now() - SignedDuration::from_secs(secs)
+}
+
+fn hv(name: &str, domains: Vec<DomainInfo>) -> Hypervisor {
+    let mut h = Hypervisor::new(name, HypervisorSpec::default());
+    h.status = Some(HypervisorStatus {
+        libvirt_version: Some("11.3.0".into()),
+        cpu: Some(HostCpu {
+            arch: "x86_64".into(),
+            ..Default::default()
+        }),
+        memory: Some(HostMemory {
+            total_bytes: 64 * GIB,
+            free_bytes: 32 * GIB,
+        }),
+        agent_endpoint: Some(format!("http://{name}:9443")),
+        domains,
+        conditions: vec![Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: "LibvirtReachable".into(),
+            message: String::new(),
+            observed_generation: None,
+            last_transition_time: Time(Timestamp::UNIX_EPOCH),
+        }],
+        ..Default::default()
+    });
+    h
+}
+
+fn web(state: DomainState) -> DomainInfo {
+    DomainInfo {
+        name: "web".into(),
+        uuid: UUID.into(),
+        state,
+        memory_bytes: GIB,
+        vcpus: 1,
+        persistent: true,
+        disks: vec![DiskInfo {
+            target: "vda".into(),
+            source: Some("/shared/web.qcow2".into()),
+            format: Some("qcow2".into()),
+            capacity_bytes: Some(GIB),
+            shared: true,
+            read_only: false,
+        }],
+    }
+}
+
+fn spec() -> VirtualMachineMigrationSpec {
+    VirtualMachineMigrationSpec {
+        vm: VmRef {
+            name: Some("web".into()),
+            uuid: None,
+        },
+        source_node: None,
+        target_node: Some("b".into()),
+        target_selector: None,
+        mode: MigrationMode::Live,
+        policy_ref: None,
+        overrides: None,
+        force_complete: false,
+    }
+}
+
+/// A migration of VM "web" from node a to node b, in `phase`, with the
+/// status that phase would have.
+struct Obs(Observed);
+
+impl Obs {
+    fn new(phase: Option<Phase>) -> Obs {
+        let mut status = VirtualMachineMigrationStatus {
+            phase,
+            observed_generation: phase.map(|_| 1),
+            ..Default::default()
+        };
+        let scheduled = phase.is_some_and(|p| !matches!(p, Phase::Pending | Phase::Scheduling));
+        if scheduled {
+            status.source_node = Some("a".into());
+            status.target_node = Some("b".into());
+            status.vm = Some(ScheduledVm {
+                name: "web".into(),
+                uuid: UUID.into(),
+                memory_bytes: GIB,
+            });
+            status.policy = Some(AppliedPolicy {
+                name: None,
+                tuning: ResolvedTuning::default(),
+                concurrency: ConcurrencyLimits::default(),
+            });
+        }
+        let heartbeats = [("a".to_string(), ago(5)), ("b".to_string(), ago(5))].into();
+        Obs(Observed {
+            name: "m".into(),
+            uid: "uid-m".into(),
+            created: ago(100),
+            deleting_since: None,
+            generation: 1,
+            spec: Ok(spec()),
+            status,
+            world: World {
+                hypervisors: vec![hv("a", vec![web(DomainState::Running)]), hv("b", vec![])],
+                policies: vec![],
+                heartbeats,
+                flights: vec![],
+            },
+            reading: Reading::Nothing,
+            last_progress_write: None,
+        })
+    }
+    fn with(mut self, f: impl FnOnce(&mut Observed)) -> Obs {
+        f(&mut self.0);
+        self
+    }
+    fn job(self, phase: JobPhase) -> Obs {
+        self.with(|o| {
+            o.reading = Reading::Job(Ok(JobStatus {
+                id: "uid-m".into(),
+                phase,
+                progress: Default::default(),
+                result: (phase == JobPhase::Completed).then_some(MigrationResult {
+                    duration_ms: 1500,
+                    downtime_ms: 30,
+                    data_transferred_bytes: 300 << 20,
+                }),
+                message: (phase == JobPhase::Failed).then(|| "stalled".into()),
+                reason: (phase == JobPhase::Failed).then(|| "ProgressTimeout".into()),
+                vm_node: Some("a".into()),
+                actions: vec![],
+            }))
+        })
+    }
+}
+
+fn silent(node: &str) -> AgentFailure {
+    AgentFailure {
+        node: node.into(),
+        unreachable: true,
+        reason: None,
+        message: "connection refused".into(),
+    }
+}
+
+fn other(name: &str, phase: Phase, created: Timestamp, vm: &str) -> Flight {
+    Flight {
+        uid: format!("uid-{name}"),
+        name: name.into(),
+        created,
+        phase: Some(phase),
+        vm_name: Some(vm.into()),
+        vm_uuid: None,
+        source: Some("c".into()),
+        target: Some("d".into()),
+    }
+}
+
+fn reason(s: &VirtualMachineMigrationStatus, t: C) -> String {
+    conditions::get(&s.conditions, t)
+        .map(|c| c.reason.clone())
+        .unwrap_or_default()
+}
+
+fn kind(e: &Option<Effect>) -> &'static str {
+    match e {
+        None => "-",
+        Some(Effect::Start { .. }) => "Start",
+        Some(Effect::ForceComplete { .. }) => "ForceComplete",
+        Some(Effect::Finish { .. }) => "Finish",
+        Some(Effect::Settle { .. }) => "Settle",
+    }
+}
+
+#[test]
+fn every_phase_decides_its_next_step() {
+    use Phase::*;
+    let present = |d: DomainInfo| Ok(Some(d));
+    // (case, observed, expected phase, expected Completed/step reason, effect)
+    let cases: Vec<(&str, Obs, Option<Phase>, &str, &str)> = vec![
+        (
+            "new valid → Pending",
+            Obs::new(None),
+            Some(Pending),
+            "",
+            "-",
+        ),
+        (
+            "new unusable spec → Failed",
+            Obs::new(None).with(|o| {
+                o.spec = Err(SpecProblem {
+                    message: "spec.x bad".into(),
+                })
+            }),
+            Some(Failed),
+            "InvalidSpec",
+            "-",
+        ),
+        (
+            "Pending with room → Scheduling",
+            Obs::new(Some(Pending)),
+            Some(Scheduling),
+            "",
+            "-",
+        ),
+        (
+            "Pending, cluster full → waits",
+            Obs::new(Some(Pending)).with(|o| {
+                o.world.flights = (0..5)
+                    .map(|i| other(&format!("x{i}"), Migrating, ago(500), &format!("v{i}")))
+                    .collect()
+            }),
+            Some(Pending),
+            "",
+            "-",
+        ),
+        (
+            "Pending, VM already being moved → AlreadyMigrating",
+            Obs::new(Some(Pending)).with(|o| {
+                o.world.flights = vec![Flight {
+                    source: Some("a".into()),
+                    ..other("x", Migrating, ago(500), "web")
+                }]
+            }),
+            Some(Failed),
+            "AlreadyMigrating",
+            "-",
+        ),
+        (
+            "Pending, VM already on the target → AlreadyOnTarget",
+            Obs::new(Some(Pending))
+                .with(|o| o.spec.as_mut().unwrap().target_node = Some("a".into())),
+            Some(Succeeded),
+            "AlreadyOnTarget",
+            "-",
+        ),
+        (
+            "Pending, unknown policy → PolicyNotFound",
+            Obs::new(Some(Pending)).with(|o| {
+                o.spec.as_mut().unwrap().policy_ref = Some(kvmotion_api::migration::PolicyRef {
+                    name: "gone".into(),
+                })
+            }),
+            Some(Failed),
+            "PolicyNotFound",
+            "-",
+        ),
+        (
+            "Scheduling → Prechecking",
+            Obs::new(Some(Scheduling)),
+            Some(Prechecking),
+            "",
+            "-",
+        ),
+        (
+            "Scheduling, unknown VM → VMNotFound",
+            Obs::new(Some(Scheduling))
+                .with(|o| o.spec.as_mut().unwrap().vm.name = Some("nope".into())),
+            Some(Failed),
+            "VMNotFound",
+            "-",
+        ),
+        (
+            "Scheduling, no such target → TargetNotFound",
+            Obs::new(Some(Scheduling))
+                .with(|o| o.spec.as_mut().unwrap().target_node = Some("zz".into())),
+            Some(Failed),
+            "TargetNotFound",
+            "-",
+        ),
+        (
+            "Scheduling, target not ready → TargetNotReady",
+            Obs::new(Some(Scheduling)).with(|o| {
+                o.world.hypervisors[1].status.as_mut().unwrap().conditions[0].status =
+                    "False".into()
+            }),
+            Some(Failed),
+            "TargetNotReady",
+            "-",
+        ),
+        (
+            "Scheduling, target full → waits",
+            Obs::new(Some(Scheduling)).with(|o| {
+                o.world.flights = vec![
+                    Flight {
+                        target: Some("b".into()),
+                        ..other("x", Migrating, ago(500), "v1")
+                    },
+                    Flight {
+                        target: Some("b".into()),
+                        ..other("y", Migrating, ago(500), "v2")
+                    },
+                ]
+            }),
+            Some(Scheduling),
+            "",
+            "-",
+        ),
+        (
+            "Scheduling, automatic choice → Prechecking",
+            Obs::new(Some(Scheduling)).with(|o| o.spec.as_mut().unwrap().target_node = None),
+            Some(Prechecking),
+            "",
+            "-",
+        ),
+        (
+            "Prechecking → Preparing",
+            Obs::new(Some(Prechecking)),
+            Some(Preparing),
+            "",
+            "-",
+        ),
+        (
+            "Prechecking, VM shut off → VMNotRunning",
+            Obs::new(Some(Prechecking))
+                .with(|o| o.world.hypervisors[0] = hv("a", vec![web(DomainState::ShutOff)])),
+            Some(Failed),
+            "VMNotRunning",
+            "-",
+        ),
+        (
+            "Prechecking, stale target heartbeat → AgentUnavailable",
+            Obs::new(Some(Prechecking)).with(|o| {
+                o.world.heartbeats.insert("b".into(), ago(600));
+            }),
+            Some(Failed),
+            "AgentUnavailable",
+            "-",
+        ),
+        (
+            "Prechecking, local disk and copying forbidden → StorageNotShared",
+            Obs::new(Some(Prechecking)).with(|o| {
+                let mut d = web(DomainState::Running);
+                d.disks[0].shared = false;
+                o.world.hypervisors[0] = hv("a", vec![d]);
+                o.status.policy.as_mut().unwrap().tuning.storage =
+                    kvmotion_api::tuning::StorageMode::Shared;
+            }),
+            Some(Failed),
+            "StorageNotShared",
+            "-",
+        ),
+        (
+            "Preparing asks to start",
+            Obs::new(Some(Preparing)),
+            Some(Preparing),
+            "",
+            "Start",
+        ),
+        (
+            "Migrating, running: mirror",
+            Obs::new(Some(Migrating)).job(JobPhase::Running),
+            Some(Migrating),
+            "",
+            "-",
+        ),
+        (
+            "Migrating, force requested",
+            Obs::new(Some(Migrating))
+                .job(JobPhase::Running)
+                .with(|o| o.spec.as_mut().unwrap().force_complete = true),
+            Some(Migrating),
+            "",
+            "ForceComplete",
+        ),
+        (
+            "Migrating, completed → Finalizing",
+            Obs::new(Some(Migrating)).job(JobPhase::Completed),
+            Some(Finalizing),
+            "",
+            "-",
+        ),
+        (
+            "Migrating, failed → Failed",
+            Obs::new(Some(Migrating)).job(JobPhase::Failed),
+            Some(Failed),
+            "ProgressTimeout",
+            "-",
+        ),
+        (
+            "Migrating, agent silent briefly → waits",
+            Obs::new(Some(Migrating)).with(|o| o.reading = Reading::Job(Err(silent("a")))),
+            Some(Migrating),
+            "",
+            "-",
+        ),
+        (
+            "Migrating, agent silent too long → AgentUnreachable",
+            Obs::new(Some(Migrating)).with(|o| {
+                o.reading = Reading::Job(Err(silent("a")));
+                conditions::set(
+                    &mut o.status.conditions,
+                    C::AgentsReachable,
+                    false,
+                    "AgentUnreachable",
+                    "x".into(),
+                    1,
+                    Time(ago(61)),
+                );
+            }),
+            Some(Failed),
+            "AgentUnreachable",
+            "-",
+        ),
+        (
+            "Finalizing, arrived → Finish",
+            Obs::new(Some(Finalizing)).with(|o| {
+                o.reading = Reading::Presence {
+                    source: Ok(None),
+                    target: present(web(DomainState::Running)),
+                }
+            }),
+            Some(Finalizing),
+            "",
+            "Finish",
+        ),
+        (
+            "Finalizing, missing on target → VerificationFailed",
+            Obs::new(Some(Finalizing)).with(|o| {
+                o.reading = Reading::Presence {
+                    source: present(web(DomainState::Running)),
+                    target: Ok(None),
+                }
+            }),
+            Some(Failed),
+            "VerificationFailed",
+            "-",
+        ),
+        (
+            "Succeeded stays",
+            Obs::new(Some(Succeeded)),
+            Some(Succeeded),
+            "",
+            "-",
+        ),
+        (
+            "Failed without agent state stays",
+            Obs::new(Some(Failed)),
+            Some(Failed),
+            "",
+            "-",
+        ),
+        (
+            "Failed with agent state settles",
+            Obs::new(Some(Failed)).with(|o| {
+                conditions::set(
+                    &mut o.status.conditions,
+                    C::Settled,
+                    false,
+                    "SettlePending",
+                    "x".into(),
+                    1,
+                    Time(ago(1)),
+                );
+            }),
+            Some(Failed),
+            "",
+            "Settle",
+        ),
+        (
+            "Cancelled stays",
+            Obs::new(Some(Cancelled)),
+            Some(Cancelled),
+            "",
+            "-",
+        ),
+    ];
+    for (name, obs, phase, want_reason, effect) in cases {
+        let d = decide(&obs.0, &Settings::default(), now());
+        assert_eq!(d.status.phase, phase, "{name}: phase");
+        if !want_reason.is_empty() {
+            assert_eq!(
+                reason(&d.status, C::Completed),
+                want_reason,
+                "{name}: reason"
+            );
+        }
+        assert_eq!(kind(&d.effect), effect, "{name}: effect");
+    }
+}
+
+#[test]
+fn waiting_for_capacity_says_why_and_looks_again() {
+    let obs = Obs::new(Some(Phase::Pending)).with(|o| {
+        o.world.policies = vec![MigrationPolicy::new(
+            "one",
+            MigrationPolicySpec {
+                is_default: true,
+                concurrency: ConcurrencyLimits {
+                    per_cluster: 1,
+                    outbound_per_node: 2,
+                    inbound_per_node: 2,
+                },
+                ..Default::default()
+            },
+        )];
+        o.world.flights = vec![other("older", Phase::Pending, ago(200), "v")];
+    });
+    let d = decide(&obs.0, &Settings::default(), now());
+    let c = conditions::get(&d.status.conditions, C::Admitted).unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "WaitingForCapacity")
+    );
+    assert!(
+        c.message.contains("1 older migration(s) waiting ahead"),
+        "{}",
+        c.message
+    );
+    assert_eq!(d.next, Next::RequeueAfter(Duration::from_secs(5)));
+    assert!(d.admitted.is_none());
+}
+
+#[test]
+fn scheduling_records_source_target_vm_and_resolved_policy() {
+    let d = decide(
+        &Obs::new(Some(Phase::Scheduling))
+            .with(|o| o.spec.as_mut().unwrap().target_node = None)
+            .0,
+        &Settings::default(),
+        now(),
+    );
+    let s = d.status;
+    assert_eq!(
+        (s.source_node.as_deref(), s.target_node.as_deref()),
+        (Some("a"), Some("b"))
+    );
+    assert_eq!(s.vm.unwrap().uuid, UUID);
+    assert_eq!(s.policy.unwrap().tuning, ResolvedTuning::default());
+    let c = conditions::get(&s.conditions, C::Scheduled).unwrap();
+    assert!(
+        c.message.starts_with("chose b: most free memory"),
+        "{}",
+        c.message
+    );
+}
+
+#[test]
+fn progress_is_mirrored_at_most_once_per_interval() {
+    let mut obs = Obs::new(Some(Phase::Migrating)).job(JobPhase::Running);
+    if let Reading::Job(Ok(j)) = &mut obs.0.reading {
+        j.progress.percent = 40;
+    }
+    obs.0.status.progress = Some(Default::default());
+    obs.0.last_progress_write = Some(now());
+    let d = decide(&obs.0, &Settings::default(), now());
+    assert_eq!(d.status.progress.as_ref().unwrap().percent, 0, "too soon");
+    obs.0.last_progress_write = Some(ago(1));
+    let d = decide(&obs.0, &Settings::default(), now());
+    assert_eq!(d.status.progress.as_ref().unwrap().percent, 40);
+    assert_eq!(d.next, Next::RequeueAfter(Duration::from_secs(1)));
+}
+
+#[test]
+fn outcomes_move_the_phase() {
+    use Phase::*;
+    let start = || {
+        let obs = Obs::new(Some(Preparing));
+        let d = decide(&obs.0, &Settings::default(), now());
+        (obs, d)
+    };
+    let refused = AgentFailure {
+        node: "b".into(),
+        unreachable: false,
+        reason: Some("InsufficientMemory".into()),
+        message: "only 1 GiB free".into(),
+    };
+    // (case, outcome, expected phase, Completed reason, Settled reason)
+    let cases: Vec<(&str, Outcome, Phase, &str, &str)> = vec![
+        (
+            "started",
+            Outcome::Started(JobStatus {
+                id: "uid-m".into(),
+                phase: JobPhase::Starting,
+                progress: Default::default(),
+                result: None,
+                message: None,
+                reason: None,
+                vm_node: None,
+                actions: vec![],
+            }),
+            Migrating,
+            "",
+            "",
+        ),
+        (
+            "refused by the target",
+            Outcome::Refused(refused),
+            Failed,
+            "InsufficientMemory",
+            "SettlePending",
+        ),
+        (
+            "target silent",
+            Outcome::Unreachable(silent("b")),
+            Preparing,
+            "",
+            "",
+        ),
+    ];
+    for (name, outcome, phase, completed, settled) in cases {
+        let (obs, d) = start();
+        let effect = d.effect.clone().unwrap();
+        let d = apply(&obs.0, &Settings::default(), d, &effect, outcome, now());
+        assert_eq!(d.status.phase, Some(phase), "{name}");
+        assert_eq!(reason(&d.status, C::Completed), completed, "{name}");
+        assert_eq!(reason(&d.status, C::Settled), settled, "{name}");
+    }
+}
+
+#[test]
+fn settling_locates_the_vm_on_exactly_one_node() {
+    let failed = || {
+        Obs::new(Some(Phase::Failed)).with(|o| {
+            conditions::set(
+                &mut o.status.conditions,
+                C::Settled,
+                false,
+                "SettlePending",
+                "x".into(),
+                1,
+                Time(ago(1)),
+            );
+        })
+    };
+    let cases: Vec<(&str, Vec<(&str, DomainState)>, &str, &str)> = vec![
+        (
+            "on the source",
+            vec![("a", DomainState::Running)],
+            "VMLocated",
+            "the VM runs on a only",
+        ),
+        (
+            "left defined on the source",
+            vec![("a", DomainState::ShutOff), ("b", DomainState::Running)],
+            "VMLocated",
+            "the VM runs on b only",
+        ),
+        (
+            "on both",
+            vec![("a", DomainState::Running), ("b", DomainState::Paused)],
+            "VerificationFailed",
+            "the VM runs on a and b: stop one of them by hand",
+        ),
+        (
+            "nowhere",
+            vec![],
+            "VerificationFailed",
+            "the VM is on no node",
+        ),
+    ];
+    for (name, places, want, message) in cases {
+        let obs = failed();
+        let d = decide(&obs.0, &Settings::default(), now());
+        let effect = d.effect.clone().unwrap();
+        let places = places
+            .into_iter()
+            .map(|(n, s)| (n.to_string(), s))
+            .collect();
+        let d = apply(
+            &obs.0,
+            &Settings::default(),
+            d,
+            &effect,
+            Outcome::Located(places),
+            now(),
+        );
+        let c = conditions::get(&d.status.conditions, C::Settled).unwrap();
+        assert_eq!(
+            (c.reason.as_str(), c.message.as_str()),
+            (want, message),
+            "{name}"
+        );
+        assert!(!settle_pending(&d.status), "{name}: settled once");
+    }
+}
+
+#[test]
+fn deleting_cancels_at_once_before_the_agents_act_and_after_settling_in_flight() {
+    for phase in Phase::ALL {
+        let obs = Obs::new(Some(phase)).with(|o| o.deleting_since = Some(ago(1)));
+        let d = cancel(&obs.0, now());
+        let in_flight = matches!(
+            phase,
+            Phase::Preparing | Phase::Migrating | Phase::Finalizing
+        );
+        assert_eq!(
+            kind(&d.effect),
+            if in_flight { "Settle" } else { "-" },
+            "{phase}"
+        );
+        assert_eq!(d.finished, !in_flight, "{phase}");
+        let want = if phase.is_terminal() || in_flight {
+            phase
+        } else {
+            Phase::Cancelled
+        };
+        assert_eq!(d.status.phase, Some(want), "{phase}");
+        if in_flight {
+            let effect = d.effect.clone().unwrap();
+            let stopping = apply(
+                &obs.0,
+                &Settings::default(),
+                d.clone(),
+                &effect,
+                Outcome::Stopping("abort requested".into()),
+                now(),
+            );
+            assert!(!stopping.finished, "{phase}: waits for the job to stop");
+            let done = apply(
+                &obs.0,
+                &Settings::default(),
+                d,
+                &effect,
+                Outcome::Located(vec![("a".into(), DomainState::Running)]),
+                now(),
+            );
+            assert!(done.finished, "{phase}");
+            assert_eq!(done.status.phase, Some(Phase::Cancelled));
+            assert_eq!(reason(&done.status, C::Completed), "Cancelled");
+        }
+    }
+}
+
+#[test]
+fn a_cancellation_gives_up_on_silent_agents_after_the_timeout() {
+    let obs = Obs::new(Some(Phase::Migrating)).with(|o| o.deleting_since = Some(ago(61)));
+    let d = cancel(&obs.0, now());
+    let effect = d.effect.clone().unwrap();
+    let d = apply(
+        &obs.0,
+        &Settings::default(),
+        d,
+        &effect,
+        Outcome::Unreachable(silent("a")),
+        now(),
+    );
+    assert!(d.finished);
+    assert_eq!(reason(&d.status, C::Settled), "AgentUnreachable");
+}
+
+#[test]
+fn deciding_again_on_a_decided_status_writes_nothing() {
+    let full = |o: &mut Observed| {
+        o.world.flights = (0..5)
+            .map(|i| {
+                other(
+                    &format!("x{i}"),
+                    Phase::Migrating,
+                    ago(500),
+                    &format!("v{i}"),
+                )
+            })
+            .collect()
+    };
+    let waiting = decide(
+        &Obs::new(Some(Phase::Pending)).with(full).0,
+        &Settings::default(),
+        now(),
+    )
+    .status;
+    let again = Obs::new(Some(Phase::Pending))
+        .with(full)
+        .with(|o| o.status = waiting.clone());
+    assert_eq!(
+        decide(&again.0, &Settings::default(), now()).status,
+        waiting
+    );
+    for phase in [Phase::Succeeded, Phase::Failed, Phase::Cancelled] {
+        let done = Obs::new(Some(phase));
+        assert_eq!(
+            decide(&done.0, &Settings::default(), now()).status,
+            done.0.status,
+            "{phase}"
+        );
+    }
+}

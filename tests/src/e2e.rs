@@ -1,0 +1,217 @@
+//! End-to-end rig: both lab agents and a controller, each a real process
+//! under its own service account, on the real apiserver; helpers to create
+//! migrations and to read their phases, conditions and Events.
+
+use std::time::Duration;
+
+use kube::Api;
+use kube::api::{ApiResource, DynamicObject};
+use kvmotion_api::VirtualMachineMigration;
+use kvmotion_api::hypervisor::Hypervisor;
+use serde_json::{Value, json};
+
+use crate::agent::{Agents, credentials};
+use crate::controller::ControllerProcess;
+use crate::scope::{SCOPE_LABEL, Scope};
+use crate::{eventually, lab};
+
+/// Agents, a controller and a scope for one scenario.
+pub struct Rig {
+    /// Objects of this scenario.
+    pub scope: Scope,
+    /// The lab's agents.
+    pub agents: Agents,
+    /// The controller.
+    pub controller: ControllerProcess,
+}
+
+impl Rig {
+    /// Starts the agents and a controller that sees only this scope's
+    /// migrations; `extra` flags go to the controller.
+    pub async fn start(test: &str, extra: &[&str]) -> Rig {
+        let scope = Scope::new(test);
+        let agents = Agents::start(test, 0).await;
+        let controller = start_controller(&scope, "ctl", extra);
+        controller.wait_ready().await;
+        Rig {
+            scope,
+            agents,
+            controller,
+        }
+    }
+
+    /// Creates a migration named after `base` with `spec`; returns its name.
+    pub fn migrate(&self, base: &str, spec: Value) -> String {
+        let manifest = json!({
+            "apiVersion": "kvmotion.io/v1alpha1",
+            "kind": "VirtualMachineMigration",
+            "metadata": {"name": base},
+            "spec": spec,
+        });
+        let (obj, name) = self.scope.adopt(&manifest.to_string());
+        let out = self
+            .scope
+            .kubectl(&["apply", "-f", "-"], Some(&obj.to_string()));
+        assert!(out.ok, "applying {name}: {}", out.stderr);
+        name
+    }
+
+    /// The migration's status, if it has one.
+    pub async fn status(&self, name: &str) -> Option<Value> {
+        migration(&self.scope, name)
+            .await
+            .and_then(|o| o.data.get("status").cloned())
+    }
+
+    /// Waits until the migration reaches `phase`; panics with the logs when
+    /// it ends elsewhere or takes longer than `within`.
+    pub async fn wait_phase(&self, name: &str, phase: &str, within: Duration) -> Value {
+        let got = eventually(within, &format!("{name} to reach {phase}"), || async {
+            let s = self.status(name).await?;
+            let p = s["phase"].as_str().unwrap_or_default();
+            let terminal = matches!(p, "Succeeded" | "Failed" | "Cancelled");
+            (p == phase || terminal).then_some(s)
+        })
+        .await;
+        match got {
+            Ok(s) if s["phase"] == phase => s,
+            Ok(s) => panic!(
+                "{name} ended {} instead of {phase}: {s:#}\n{}",
+                s["phase"],
+                self.logs()
+            ),
+            Err(e) => panic!(
+                "{e}: {:#}\n{}",
+                self.status(name).await.unwrap_or_default(),
+                self.logs()
+            ),
+        }
+    }
+
+    /// The controller's and the agents' logs, for failure messages.
+    pub fn logs(&self) -> String {
+        format!(
+            "--- controller ---\n{}\n--- agent node-a ---\n{}\n--- agent node-b ---\n{}",
+            tail(&self.controller.log_text()),
+            tail(&self.agents.a.log_text()),
+            tail(&self.agents.b.log_text())
+        )
+    }
+
+    /// Waits until `vm` appears in `node`'s Hypervisor inventory.
+    pub async fn wait_inventory(&self, node: &str, vm: &str) {
+        let api: Api<Hypervisor> = Api::all(self.scope.cp.client().await);
+        eventually(
+            Duration::from_secs(30),
+            &format!("{vm} in {node}'s inventory"),
+            || async {
+                let hv = api.get(node).await.ok()?;
+                hv.status?
+                    .domains
+                    .iter()
+                    .any(|d| d.name == vm)
+                    .then_some(())
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
+    }
+
+    /// Event reasons recorded for the migration, oldest first.
+    pub fn event_reasons(&self, name: &str) -> Vec<String> {
+        let out = self.scope.kubectl(
+            &[
+                "get",
+                "events.events.k8s.io",
+                "-n",
+                "default",
+                "--field-selector",
+                &format!("regarding.name={name}"),
+                "-o",
+                "json",
+            ],
+            None,
+        );
+        assert!(out.ok, "{}", out.stderr);
+        let v: Value = serde_json::from_str(&out.stdout).expect("events json");
+        let mut items: Vec<(String, String)> = v["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                let t = e["eventTime"]
+                    .as_str()
+                    .or(e["metadata"]["creationTimestamp"].as_str());
+                (
+                    t.unwrap_or_default().to_string(),
+                    e["reason"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        items.sort();
+        items.into_iter().map(|(_, r)| r).collect()
+    }
+}
+
+/// Starts a controller for `scope` as the kvmotion-controller service
+/// account, calling agents with its audience-bound token.
+pub fn start_controller(scope: &Scope, identity: &str, extra: &[&str]) -> ControllerProcess {
+    let creds = credentials();
+    let selector = format!("{SCOPE_LABEL}={}", scope.id);
+    let token = creds.controller_token_file.to_string_lossy().to_string();
+    let mut args = vec![
+        "--migration-selector",
+        selector.as_str(),
+        "--agent-token-file",
+        token.as_str(),
+        "--heartbeat-max-age-seconds",
+        "40",
+    ];
+    args.extend_from_slice(extra);
+    ControllerProcess::start_as(
+        &creds.controller_kubeconfig,
+        "kvmotion-system",
+        &scope.name("lease"),
+        &scope.name(identity),
+        &args,
+    )
+}
+
+/// The migration object.
+pub async fn migration(scope: &Scope, name: &str) -> Option<DynamicObject> {
+    let api: Api<DynamicObject> = Api::all_with(
+        scope.cp.client().await,
+        &ApiResource::erase::<VirtualMachineMigration>(&()),
+    );
+    api.get(name).await.ok()
+}
+
+/// The phases a status went through, in order.
+pub fn phases(status: &Value) -> Vec<String> {
+    status["phaseTransitionTimes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["phase"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// The condition of `type_` in a status: (status, reason, message).
+pub fn condition(status: &Value, type_: &str) -> (String, String, String) {
+    let c = status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {status:#}"));
+    let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+    (s("status"), s("reason"), s("message"))
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+/// The lab node other than `node`.
+pub fn other(node: &str) -> &'static str {
+    lab::other(node)
+}
