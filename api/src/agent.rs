@@ -40,10 +40,12 @@ impl std::fmt::Display for DomainRef {
 #[serde(rename_all = "camelCase")]
 pub struct ResolvedTuning {
     /// MiB/s; 0 = unlimited.
+    #[serde(rename = "bandwidthMiBps")]
     pub bandwidth_mibps: u32,
     /// Largest downtime the ramp may reach, ms.
     pub max_downtime_ms: u32,
     /// Seconds per GiB before the timeout action; 0 = off.
+    #[serde(rename = "completionTimeoutPerGiBSeconds")]
     pub completion_timeout_per_gib_seconds: u32,
     /// Seconds without progress before the timeout action; 0 = off.
     pub progress_timeout_seconds: u32,

@@ -1,0 +1,68 @@
+//! End to end: a controller killed mid-migration is replaced; the new one
+//! resumes tracking the running job without starting a second one.
+
+use std::time::Duration;
+
+use kvmotion_tests::e2e::{Rig, start_controller};
+use kvmotion_tests::eventually;
+use kvmotion_tests::lab::{Guest, GuestSpec, exclusive};
+use serde_json::json;
+
+#[tokio::test]
+async fn a_controller_restart_mid_migration_resumes_the_same_job() {
+    let _lab = exclusive().await;
+    let short = [
+        "--lease-duration-seconds",
+        "4",
+        "--lease-grace-seconds",
+        "1",
+    ];
+    let mut rig = Rig::start("e2e-restart", &short).await;
+    let guest = Guest::start("node-a", "e2e-restart", &GuestSpec::default()).await;
+    rig.wait_inventory("node-a", "e2e-restart").await;
+    let before = guest.last_beat("node-a").expect("beating");
+
+    // Slow enough to outlive the restart, then free to finish.
+    let name = rig.migrate(
+        "restart",
+        json!({"vm": {"name": "e2e-restart"}, "targetNode": "node-b",
+               "overrides": {"bandwidthMiBps": 8, "postCopy": false}}),
+    );
+    eventually(
+        Duration::from_secs(60),
+        "Migrating with progress",
+        || async {
+            let s = rig.status(&name).await?;
+            (s["phase"] == "Migrating" && s["progress"]["dataProcessedBytes"].as_u64()? > 0)
+                .then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", rig.logs()));
+    rig.controller.kill().await;
+
+    rig.controller = start_controller(&rig.scope, "ctl", &short);
+    let status = rig
+        .wait_phase(&name, "Succeeded", Duration::from_secs(180))
+        .await;
+    guest.beats_on("node-b", before).await;
+
+    let uid = kvmotion_tests::e2e::migration(&rig.scope, &name)
+        .await
+        .and_then(|o| o.metadata.uid)
+        .expect("uid");
+    let starts = rig
+        .agents
+        .a
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("starting migration") && l.contains(&uid))
+        .count();
+    assert_eq!(starts, 1, "exactly one job was started:\n{}", rig.logs());
+    let phases = kvmotion_tests::e2e::phases(&status);
+    assert_eq!(
+        phases.iter().filter(|p| *p == "Migrating").count(),
+        1,
+        "{phases:?}"
+    );
+}
