@@ -5,7 +5,7 @@ CARGO ?= cargo
 CP := tests/control-plane
 
 .PHONY: help deps build crds crds-check lint unit test integration bench-agent \
-        control-plane-build control-plane-up control-plane-down lab-up lab-down clean
+        bench control-plane-build control-plane-up control-plane-down lab-up lab-down clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -45,6 +45,10 @@ test: lint ## Lint, unit, integration and lab tests: what CI runs
 bench-agent: ## Agent vs virsh on the lab; writes target/bench/agent.json
 	@$(CP)/up.sh && tests/lab/lab.sh up && \
 	  $(CARGO) run --release -q -p kvmotion-tests --bin bench-agent
+
+bench: ## Controller end to end vs virsh on the lab; writes target/bench/controller.json
+	@$(CP)/up.sh && tests/lab/lab.sh up && \
+	  $(CARGO) run --release -q -p kvmotion-tests --bin bench-controller
 
 control-plane-build: ## Build kube-apiserver, etcd, kubectl and helm (cached outside the clone)
 	$(CP)/build.sh

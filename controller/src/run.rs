@@ -190,6 +190,7 @@ async fn run_controller(setup: Setup) {
         reservations: Default::default(),
         progress_written: Default::default(),
         wake,
+        watched_jobs: Default::default(),
     });
     let gauges = tokio::spawn(count_in_flight(
         stores.migrations.clone(),

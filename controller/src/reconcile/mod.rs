@@ -75,8 +75,11 @@ pub struct Context {
     pub reservations: Mutex<HashMap<String, Flight>>,
     /// When progress was last written, by UID.
     pub progress_written: Mutex<HashMap<String, Timestamp>>,
-    /// Wakes waiting migrations when capacity frees up.
+    /// Wakes waiting migrations when capacity frees up, and migrations
+    /// whose job ended.
     pub wake: UnboundedSender<ObjectRef<DynamicObject>>,
+    /// Migrations whose job a long poll watches, by UID.
+    pub watched_jobs: Mutex<std::collections::HashSet<String>>,
 }
 
 /// How many waiting migrations one freed slot wakes.
@@ -142,6 +145,47 @@ impl Context {
     }
 }
 
+impl Context {
+    /// Long-polls the source agent for the end of the job, so Finalizing
+    /// starts the moment the job ends instead of at the next progress poll.
+    fn watch_job(self: &Arc<Self>, obs: &Observed, phase: Option<Phase>) {
+        if phase != Some(Phase::Migrating) || obs.deleting_since.is_some() {
+            return;
+        }
+        let Ok((source, _)) = decide::flight_endpoints(obs) else {
+            return;
+        };
+        let fresh = self
+            .watched_jobs
+            .lock()
+            .map(|mut w| w.insert(obs.uid.clone()))
+            .unwrap_or(false);
+        if !fresh {
+            return;
+        }
+        let (ctx, uid, name) = (self.clone(), obs.uid.clone(), obs.name.clone());
+        tokio::spawn(async move {
+            loop {
+                let answer = ctx
+                    .agents
+                    .status(&source.url, &uid, Some(Duration::from_secs(25)))
+                    .await;
+                // Any end, or an error the reconcile must see, wakes it.
+                if answer.map_or(true, |job| job.phase.is_final()) {
+                    break;
+                }
+            }
+            if let Ok(mut w) = ctx.watched_jobs.lock() {
+                w.remove(&uid);
+            }
+            let resource = ApiResource::erase::<VirtualMachineMigration>(&());
+            let _ = ctx
+                .wake
+                .unbounded_send(ObjectRef::new_with(&name, resource));
+        });
+    }
+}
+
 /// Reconciles one migration through the finalizer: Apply drives it, Cleanup
 /// cancels it.
 pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -164,7 +208,7 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Act
 }
 
 /// Observe → decide → act → write status, for one migration.
-async fn drive(obj: &DynamicObject, ctx: &Context, deleting: bool) -> Result<Action, Error> {
+async fn drive(obj: &DynamicObject, ctx: &Arc<Context>, deleting: bool) -> Result<Action, Error> {
     let mut obs = observe::observe(obj);
     obs.world = ctx.world();
     obs.last_progress_write = ctx
@@ -200,6 +244,7 @@ async fn drive(obj: &DynamicObject, ctx: &Context, deleting: bool) -> Result<Act
     if let Ok(mut f) = ctx.failures.lock() {
         f.remove(&obs.name);
     }
+    ctx.watch_job(&obs, decision.status.phase);
     if deleting && !decision.finished {
         return Err(Error::CancelPending {
             name: obs.name.clone(),
