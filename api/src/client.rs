@@ -270,7 +270,7 @@ impl AgentClient {
                 url: url.clone(),
                 source,
             })?),
-            None => Bytes::from_static(b"{}"),
+            None => Bytes::new(),
         };
         let raw = self.send(method, &url, &[], body, extra_wait).await?;
         serde_json::from_slice(&raw).map_err(|source| Error::Decode {
@@ -324,13 +324,13 @@ impl AgentClient {
             Some(w) => (format!("?waitSeconds={}", w.as_secs()), w),
             None => (String::new(), Duration::ZERO),
         };
-        let url = migration_url(endpoint, id, &query);
-        let raw = self.send("GET", &url, &[], Bytes::new(), extra).await?;
-        serde_json::from_slice(&raw).map_err(|source| Error::Decode {
-            method: "GET",
-            url,
-            source,
-        })
+        self.json(
+            "GET",
+            migration_url(endpoint, id, &query),
+            None::<&()>,
+            extra,
+        )
+        .await
     }
 
     /// `POST …/abort` on the source agent.
@@ -365,14 +365,7 @@ impl AgentClient {
             "{}{API_PREFIX}/domains/{vm}",
             endpoint.trim_end_matches('/')
         );
-        let raw = self
-            .send("GET", &url, &[], Bytes::new(), Duration::ZERO)
-            .await?;
-        serde_json::from_slice(&raw).map_err(|source| Error::Decode {
-            method: "GET",
-            url,
-            source,
-        })
+        self.json("GET", url, None::<&()>, Duration::ZERO).await
     }
 
     async fn post_empty<T: DeserializeOwned>(

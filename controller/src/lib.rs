@@ -3,6 +3,8 @@
 
 pub mod cli;
 pub mod error;
+#[cfg(test)]
+mod fixtures;
 pub mod http;
 pub mod leader;
 pub mod metrics;

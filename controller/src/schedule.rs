@@ -284,34 +284,11 @@ fn parse_version(v: &str) -> (u32, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-    use kvmotion_api::hypervisor::{HostCpu, HostMemory, HypervisorSpec, HypervisorStatus};
-
-    const GIB: u64 = 1 << 30;
+    use crate::fixtures::{GIB, healthy_hypervisor};
 
     /// A healthy hypervisor, changed by `f`.
     fn hv(name: &str, free_gib: u64, f: impl FnOnce(&mut Hypervisor)) -> Hypervisor {
-        let mut h = Hypervisor::new(name, HypervisorSpec::default());
-        h.status = Some(HypervisorStatus {
-            libvirt_version: Some("11.3.0".into()),
-            cpu: Some(HostCpu {
-                arch: "x86_64".into(),
-                ..Default::default()
-            }),
-            memory: Some(HostMemory {
-                total_bytes: 64 * GIB,
-                free_bytes: free_gib * GIB,
-            }),
-            conditions: vec![Condition {
-                type_: "Ready".into(),
-                status: "True".into(),
-                reason: "LibvirtReachable".into(),
-                message: String::new(),
-                observed_generation: None,
-                last_transition_time: Time(Timestamp::UNIX_EPOCH),
-            }],
-            ..Default::default()
-        });
+        let mut h = healthy_hypervisor(name, free_gib);
         f(&mut h);
         h
     }

@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 
 use crate::agent::{Agents, credentials};
 use crate::controller::ControllerProcess;
+use crate::eventually;
 use crate::scope::{SCOPE_LABEL, Scope};
-use crate::{eventually, lab};
 
 /// Agents, a controller and a scope for one scenario.
 pub struct Rig {
@@ -86,6 +86,22 @@ impl Rig {
                 self.logs()
             ),
         }
+    }
+
+    /// Waits until the migration is Migrating and data flows (progress
+    /// mirrored into status).
+    pub async fn wait_moving(&self, name: &str) {
+        eventually(
+            Duration::from_secs(60),
+            "progress mirrored while Migrating",
+            || async {
+                let s = self.status(name).await?;
+                (s["phase"] == "Migrating" && s["progress"]["dataProcessedBytes"].as_u64()? > 0)
+                    .then_some(())
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
     }
 
     /// The controller's and the agents' logs, for failure messages.
@@ -209,9 +225,4 @@ pub fn condition(status: &Value, type_: &str) -> (String, String, String) {
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(60)..].join("\n")
-}
-
-/// The lab node other than `node`.
-pub fn other(node: &str) -> &'static str {
-    lab::other(node)
 }

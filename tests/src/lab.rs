@@ -90,6 +90,15 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
+/// The sha256 of `path` as `node` sees it.
+pub fn sha256(node: &str, path: &str) -> String {
+    lab(&["exec", node, "sha256sum", path])
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// One heartbeat line of a guest: `HB seq=N boot=X`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Beat {

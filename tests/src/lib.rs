@@ -3,6 +3,7 @@
 //! per-test scopes that clean up after themselves, and controller processes.
 
 pub mod agent;
+pub mod bench;
 pub mod control_plane;
 pub mod controller;
 pub mod e2e;

@@ -7,15 +7,7 @@ use std::time::Duration;
 use kvmotion_api::agent::JobPhase;
 use kvmotion_api::migration::MigrationMode;
 use kvmotion_tests::agent::{Agents, Drive};
-use kvmotion_tests::lab::{DiskKind, Guest, GuestSpec, exclusive, lab};
-
-fn sha256(node: &str, path: &str) -> String {
-    lab(&["exec", node, "sha256sum", path])
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
+use kvmotion_tests::lab::{DiskKind, Guest, GuestSpec, exclusive, lab, sha256};
 
 #[tokio::test]
 async fn a_shut_off_vm_moves_its_definition_and_an_identical_local_disk() {

@@ -25,17 +25,7 @@ async fn deleting_an_in_flight_migration_aborts_it_and_the_vm_stays_on_the_sourc
         "cancel",
         json!({"vm": {"name": "e2e-cancel"}, "targetNode": "node-b", "overrides": held_back()}),
     );
-    eventually(
-        Duration::from_secs(60),
-        "progress mirrored while Migrating",
-        || async {
-            let s = rig.status(&name).await?;
-            (s["phase"] == "Migrating" && s["progress"]["dataProcessedBytes"].as_u64()? > 0)
-                .then_some(())
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", rig.logs()));
+    rig.wait_moving(&name).await;
     let before = guest.last_beat("node-a").expect("beating");
 
     let out = rig

@@ -4,16 +4,8 @@
 use std::time::Duration;
 
 use kvmotion_tests::e2e::{Rig, condition, phases};
-use kvmotion_tests::lab::{Guest, GuestSpec, exclusive, lab};
+use kvmotion_tests::lab::{Guest, GuestSpec, exclusive, lab, sha256};
 use serde_json::json;
-
-fn sha256(node: &str, path: &str) -> String {
-    lab(&["exec", node, "sha256sum", path])
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
 
 #[tokio::test]
 async fn an_offline_migration_moves_a_shut_off_vm_and_its_local_disk() {

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use kvmotion_tests::e2e::{Rig, start_controller};
-use kvmotion_tests::eventually;
 use kvmotion_tests::lab::{Guest, GuestSpec, exclusive};
 use serde_json::json;
 
@@ -28,17 +27,7 @@ async fn a_controller_restart_mid_migration_resumes_the_same_job() {
         json!({"vm": {"name": "e2e-restart"}, "targetNode": "node-b",
                "overrides": {"bandwidthMiBps": 8, "postCopy": false}}),
     );
-    eventually(
-        Duration::from_secs(60),
-        "Migrating with progress",
-        || async {
-            let s = rig.status(&name).await?;
-            (s["phase"] == "Migrating" && s["progress"]["dataProcessedBytes"].as_u64()? > 0)
-                .then_some(())
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", rig.logs()));
+    rig.wait_moving(&name).await;
     rig.controller.kill().await;
 
     rig.controller = start_controller(&rig.scope, "ctl", &short);

@@ -100,12 +100,7 @@ pub fn observe(obj: &DynamicObject) -> Observed {
     Observed {
         name,
         uid: obj.metadata.uid.clone().unwrap_or_default(),
-        created: obj
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0)
-            .unwrap_or(Timestamp::UNIX_EPOCH),
+        created: super::world::created(&obj.metadata),
         deleting_since: obj.metadata.deletion_timestamp.as_ref().map(|t| t.0),
         generation: obj.metadata.generation.unwrap_or(0),
         spec,

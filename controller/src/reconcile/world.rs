@@ -7,9 +7,10 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::DynamicObject;
+use kvmotion_api::Phase;
 use kvmotion_api::hypervisor::Hypervisor;
 use kvmotion_api::policy::MigrationPolicy;
-use kvmotion_api::{Phase, VirtualMachineMigrationSpec, VirtualMachineMigrationStatus};
+use serde::Deserialize;
 
 /// Prefix of the agents' heartbeat Leases (`kvmotion-agent-<node>`).
 pub const AGENT_LEASE_PREFIX: &str = "kvmotion-agent-";
@@ -85,44 +86,54 @@ impl Flight {
         }
     }
 
-    /// Summarizes a stored migration.
+    /// The identity part of the observed migration in `phase`; the VM and
+    /// nodes are filled in by the caller.
+    pub fn of_observed(obs: &super::observe::Observed, phase: Option<Phase>) -> Flight {
+        Flight {
+            uid: obs.uid.clone(),
+            name: obs.name.clone(),
+            created: obs.created,
+            phase,
+            vm_name: None,
+            vm_uuid: None,
+            source: None,
+            target: None,
+        }
+    }
+
+    /// Summarizes a stored migration. Runs over every migration on every
+    /// reconcile, so it reads the few fields it needs in place instead of
+    /// deserializing spec and status (conditions, progress) whole.
     pub fn of(obj: &DynamicObject) -> Flight {
-        let spec: Option<VirtualMachineMigrationSpec> = obj
-            .data
-            .get("spec")
-            .and_then(|s| serde_json::from_value(s.clone()).ok());
-        let status: VirtualMachineMigrationStatus = obj
-            .data
-            .get("status")
-            .and_then(|s| serde_json::from_value(s.clone()).ok())
-            .unwrap_or_default();
-        let vm = status.vm.as_ref();
+        let text = |pointer: &str| {
+            obj.data
+                .pointer(pointer)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        };
+        let either = |status: &str, spec: &str| text(status).or_else(|| text(spec));
         Flight {
             uid: obj.metadata.uid.clone().unwrap_or_default(),
             name: obj.metadata.name.clone().unwrap_or_default(),
-            created: obj
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map(|t| t.0)
-                .unwrap_or(Timestamp::UNIX_EPOCH),
-            phase: status.phase,
-            vm_name: vm
-                .map(|v| v.name.clone())
-                .or_else(|| spec.as_ref().and_then(|s| s.vm.name.clone())),
-            vm_uuid: vm
-                .map(|v| v.uuid.clone())
-                .or_else(|| spec.as_ref().and_then(|s| s.vm.uuid.clone())),
-            source: status
-                .source_node
-                .clone()
-                .or_else(|| spec.as_ref().and_then(|s| s.source_node.clone())),
-            target: status
-                .target_node
-                .clone()
-                .or_else(|| spec.as_ref().and_then(|s| s.target_node.clone())),
+            created: created(&obj.metadata),
+            phase: obj
+                .data
+                .pointer("/status/phase")
+                .and_then(|p| Phase::deserialize(p).ok()),
+            vm_name: either("/status/vm/name", "/spec/vm/name"),
+            vm_uuid: either("/status/vm/uuid", "/spec/vm/uuid"),
+            source: either("/status/sourceNode", "/spec/sourceNode"),
+            target: either("/status/targetNode", "/spec/targetNode"),
         }
     }
+}
+
+/// When an object was created (the epoch when the API server has not said).
+pub fn created(meta: &kube::api::ObjectMeta) -> Timestamp {
+    meta.creation_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
 /// Heartbeats from the agents' Leases: node → last renewal.

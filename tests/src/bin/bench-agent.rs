@@ -8,38 +8,9 @@ use std::time::{Duration, Instant};
 use kvmotion_api::agent::{DiskPlan, JobPhase};
 use kvmotion_api::migration::MigrationMode;
 use kvmotion_tests::agent::{Agents, Drive};
+use kvmotion_tests::bench::{median, rounds, virsh, virsh_migrate, write_report};
 use kvmotion_tests::lab::{self, Guest, GuestSpec, lab};
 use serde_json::json;
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    if s.is_empty() {
-        f64::NAN
-    } else if s.len() % 2 == 1 {
-        s[s.len() / 2]
-    } else {
-        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
-    }
-}
-
-fn rounds() -> usize {
-    std::env::var("KVMOTION_BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(8)
-}
-
-/// `virsh -c <node's socket>`: no shell or nsenter in the timed path.
-fn virsh(node: &str, args: &[&str]) -> std::process::Output {
-    let socket = lab(&["socket", node]).trim().to_string();
-    Command::new("virsh")
-        .arg("-c")
-        .arg(format!("qemu+unix:///system?socket={socket}"))
-        .args(args)
-        .output()
-        .expect("virsh")
-}
 
 fn virsh_downtime_ms(node: &str, name: &str) -> f64 {
     let out = String::from_utf8_lossy(&virsh(node, &["domjobinfo", "--completed", name]).stdout)
@@ -84,25 +55,7 @@ async fn idle(agents: &Agents) -> serde_json::Value {
                 agent_wall.push(wall);
                 agent_down.push(down);
             } else {
-                let t = Instant::now();
-                let out = virsh(
-                    at,
-                    &[
-                        "migrate",
-                        "--live",
-                        "--p2p",
-                        "--persistent",
-                        "--undefinesource",
-                        &guest.name,
-                        &format!("qemu+tcp://{}/system", lab::migration_ip(to)),
-                    ],
-                );
-                virsh_wall.push(t.elapsed().as_secs_f64());
-                assert!(
-                    out.status.success(),
-                    "virsh migrate: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                virsh_wall.push(virsh_migrate(at, to, &guest.name, &[]));
                 virsh_down.push(virsh_downtime_ms(to, &guest.name));
             }
             assert_eq!(
@@ -331,9 +284,5 @@ async fn main() {
         "guest".into(),
         json!("256 MiB, 1 vCPU, TCG; idle = 16 MiB dirtied at 4 MiB/s, hot = 128 MiB flat out"),
     );
-    let dir = kvmotion_tests::repo_root().join("target/bench");
-    std::fs::create_dir_all(&dir).expect("bench dir");
-    let text = serde_json::to_string_pretty(&serde_json::Value::Object(report)).expect("json");
-    std::fs::write(dir.join("agent.json"), &text).expect("writing agent.json");
-    println!("{text}");
+    write_report("agent.json", &serde_json::Value::Object(report));
 }

@@ -3,58 +3,15 @@
 //! alternating in one run, and the controller's time outside the libvirt
 //! job. Writes `target/bench/controller.json`.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, PostParams};
 use kvmotion_api::VirtualMachineMigration;
+use kvmotion_tests::bench::{median, rounds, virsh_migrate, write_report};
 use kvmotion_tests::e2e::Rig;
-use kvmotion_tests::lab::{self, Guest, GuestSpec, lab};
+use kvmotion_tests::lab::{self, Guest, GuestSpec};
 use serde_json::json;
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    match s.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => s[n / 2],
-        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
-    }
-}
-
-fn rounds() -> usize {
-    std::env::var("KVMOTION_BENCH_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(8)
-}
-
-fn virsh_move(from: &str, to: &str, name: &str) -> f64 {
-    let socket = lab(&["socket", from]).trim().to_string();
-    let t = Instant::now();
-    let out = Command::new("virsh")
-        .arg("-c")
-        .arg(format!("qemu+unix:///system?socket={socket}"))
-        .args([
-            "migrate",
-            "--live",
-            "--p2p",
-            "--persistent",
-            "--undefinesource",
-            name,
-        ])
-        .arg(format!("qemu+tcp://{}/system", lab::migration_ip(to)))
-        .output()
-        .expect("virsh");
-    let wall = t.elapsed().as_secs_f64();
-    assert!(
-        out.status.success(),
-        "virsh migrate: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    wall
-}
 
 /// Creates a migration and polls (every 20 ms) until it ends; returns the
 /// wall time and the libvirt job's own duration.
@@ -117,7 +74,7 @@ async fn main() {
                 ctl_wall.push(wall);
                 outside_ms.push((wall - job) * 1000.0);
             } else {
-                virsh_wall.push(virsh_move(at, to, &guest.name));
+                virsh_wall.push(virsh_migrate(at, to, &guest.name, &[]));
             }
             assert_eq!(
                 guest.state(to).as_deref(),
@@ -139,9 +96,5 @@ async fn main() {
         "rounds": rounds(),
         "guest": "256 MiB, 1 vCPU, TCG, 16 MiB dirtied at 4 MiB/s, shared disk",
     });
-    let dir = kvmotion_tests::repo_root().join("target/bench");
-    std::fs::create_dir_all(&dir).expect("bench dir");
-    let text = serde_json::to_string_pretty(&report).expect("json");
-    std::fs::write(dir.join("controller.json"), &text).expect("writing controller.json");
-    println!("{text}");
+    write_report("controller.json", &report);
 }

@@ -6,7 +6,7 @@ use jiff::Timestamp;
 use kvmotion_api::Phase;
 
 use super::outcome::cancelled;
-use super::{Decision, Effect, flight, settle_pending};
+use super::{Decision, flight, settle_pending};
 use crate::reconcile::observe::Observed;
 
 /// What to do with a migration being deleted. `finished` is set once the
@@ -19,19 +19,7 @@ pub fn cancel(obs: &Observed, now: Timestamp) -> Decision {
         Some(Phase::Failed) | Some(Phase::Cancelled) => settle_pending(&obs.status),
         Some(Phase::Succeeded) => false,
     };
-    let settle = in_flight
-        .then(|| flight::endpoints(obs).ok())
-        .flatten()
-        .map(|(source, target)| Effect::Settle {
-            vm: obs
-                .status
-                .vm
-                .as_ref()
-                .map(|v| v.uuid.clone())
-                .unwrap_or_default(),
-            source,
-            target,
-        });
+    let settle = in_flight.then(|| flight::settle_effect(obs)).flatten();
     match settle {
         Some(effect) => d.effect = Some(effect),
         None => {

@@ -7,7 +7,7 @@ use kvmotion_api::hypervisor::{DomainInfo, DomainState};
 use kvmotion_api::migration::{MigrationMode, TransferMode};
 use kvmotion_api::{ConditionReason as R, ConditionType as C, Phase};
 
-use super::plan::check;
+use super::plan::locate_and_plan;
 use super::{Decision, Effect, Endpoint, Next, Settings, elapsed, settle_pending};
 use crate::precheck;
 use crate::reconcile::conditions;
@@ -28,19 +28,15 @@ pub fn endpoints(obs: &Observed) -> Result<(Endpoint, Endpoint), String> {
 
 /// Preparing: prepare the target and start the job on the source.
 pub fn preparing(obs: &Observed, d: &mut Decision, now: Timestamp) {
-    // Heartbeats were checked a moment ago; here only the VM and disks
-    // matter, so a generous heartbeat age avoids failing on a slow renewal.
-    let lenient = super::Settings {
-        heartbeat_max_age: std::time::Duration::from_secs(u64::MAX / 4),
-        ..Default::default()
-    };
-    let c = match check(obs, &lenient, now) {
+    // Heartbeats were checked a moment ago; the agent calls themselves
+    // tell whether the agents answer.
+    let c = match locate_and_plan(obs) {
         Ok(c) => c,
-        Err((r, m)) => return d.fail(obs, Some(C::Prechecked), r.as_str(), m, false, now),
+        Err((r, m)) => return d.fail(obs, Some(C::Prechecked), r.as_str(), m, now),
     };
     let (source, target) = match endpoints(obs) {
         Ok(e) => e,
-        Err(m) => return d.fail(obs, None, R::AgentUnavailable.as_str(), m, false, now),
+        Err(m) => return d.fail(obs, None, R::AgentUnavailable.as_str(), m, now),
     };
     let (Ok(spec), Some(policy)) = (&obs.spec, &obs.status.policy) else {
         return;
@@ -93,12 +89,11 @@ pub fn unreachable(
             elapsed(since, now).as_secs(),
             f.message
         );
-        return d.fail(
+        return d.fail_settling(
             obs,
             Some(C::AgentsReachable),
             R::AgentUnreachable.as_str(),
             m,
-            true,
             now,
         );
     }
@@ -142,7 +137,7 @@ pub fn migrating(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp)
             } else {
                 f.message.clone()
             };
-            return d.fail(obs, None, "JobLost", m, true, now);
+            return d.fail_settling(obs, None, "JobLost", m, now);
         }
         Reading::Nothing | Reading::Presence { .. } => return,
     };
@@ -184,7 +179,7 @@ pub fn migrating(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp)
             if let Some(n) = &job.vm_node {
                 m.push_str(&format!("; the VM runs on {n}"));
             }
-            d.fail(obs, None, &reason, m, true, now);
+            d.fail_settling(obs, None, &reason, m, now);
         }
     }
 }
@@ -239,23 +234,27 @@ pub fn finalizing(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp
                 src.as_ref()
                     .map_or("absent".into(), |x| format!("{:?}", x.state)),
             );
-            d.fail(obs, None, R::VerificationFailed.as_str(), m, true, now);
+            d.fail_settling(obs, None, R::VerificationFailed.as_str(), m, now);
         }
     }
 }
 
 /// Failed or Cancelled with agent state left: settle it.
 pub fn settle(obs: &Observed, d: &mut Decision) {
-    if !settle_pending(&obs.status) {
-        return;
+    if settle_pending(&obs.status) {
+        d.effect = settle_effect(obs);
     }
+}
+
+/// Stop the job, clean the target and locate the VM: the effect both a
+/// failure and a cancellation owe the agents. None without agents to ask.
+pub fn settle_effect(obs: &Observed) -> Option<Effect> {
     let vm = obs.status.vm.as_ref().map(|v| v.uuid.clone()).or_else(|| {
         obs.spec
             .as_ref()
             .ok()
             .and_then(|s| s.vm.uuid.clone().or(s.vm.name.clone()))
-    });
-    if let (Ok((source, target)), Some(vm)) = (endpoints(obs), vm) {
-        d.effect = Some(Effect::Settle { source, target, vm });
-    }
+    })?;
+    let (source, target) = endpoints(obs).ok()?;
+    Some(Effect::Settle { source, target, vm })
 }

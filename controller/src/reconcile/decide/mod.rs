@@ -222,34 +222,43 @@ impl Decision {
     }
 
     /// Fails the migration: the step's condition (if any) and Completed
-    /// carry the reason. `touched` says the agents hold state to settle.
-    #[allow(clippy::too_many_arguments)]
+    /// carry the reason.
     fn fail(
         &mut self,
         obs: &Observed,
         step: Option<ConditionType>,
         reason: &str,
         message: String,
-        touched: bool,
         now: Timestamp,
     ) {
         if let Some(step) = step {
             self.condition(obs, step, false, reason, message.clone(), now);
         }
         self.condition(obs, ConditionType::Completed, false, reason, message, now);
-        if touched {
-            self.condition(
-                obs,
-                ConditionType::Settled,
-                false,
-                kvmotion_api::ConditionReason::SettlePending.as_str(),
-                "stopping the job, cleaning the target and locating the VM".into(),
-                now,
-            );
-        }
         self.enter(Phase::Failed, now);
         self.effect = None;
         self.next = Next::AwaitChange;
+    }
+
+    /// Fails a migration whose agents hold state: the job must be stopped,
+    /// the target cleaned and the VM located (the Settled condition).
+    fn fail_settling(
+        &mut self,
+        obs: &Observed,
+        step: Option<ConditionType>,
+        reason: &str,
+        message: String,
+        now: Timestamp,
+    ) {
+        self.fail(obs, step, reason, message, now);
+        self.condition(
+            obs,
+            ConditionType::Settled,
+            false,
+            kvmotion_api::ConditionReason::SettlePending.as_str(),
+            "stopping the job, cleaning the target and locating the VM".into(),
+            now,
+        );
     }
 }
 

@@ -28,7 +28,7 @@ pub fn apply(
         (Effect::Start { .. }, Outcome::Refused(f)) => {
             let reason = f.reason.clone().unwrap_or_else(|| "AgentRefused".into());
             let m = format!("the agent on {} refused: {}", f.node, f.message);
-            d.fail(obs, None, &reason, m, true, now);
+            d.fail_settling(obs, None, &reason, m, now);
         }
         (Effect::Finish { target, .. }, Outcome::Done | Outcome::Refused(_)) => {
             // Forgetting the job is bookkeeping; the arrival was verified.

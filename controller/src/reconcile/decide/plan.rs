@@ -40,30 +40,31 @@ pub fn accept(obs: &Observed, d: &mut Decision, now: Timestamp) {
                 Some(C::Accepted),
                 R::InvalidSpec.as_str(),
                 message,
-                false,
                 now,
             );
         }
     }
 }
 
-/// The spec, or a failure (only reachable if a status was hand-edited).
-fn spec<'a>(
+/// The spec and its resolved policy, or a failure: InvalidSpec (only
+/// reachable if a status was hand-edited) or PolicyNotFound.
+fn spec_and_policy<'a>(
     obs: &'a Observed,
     d: &mut Decision,
     now: Timestamp,
-) -> Option<&'a VirtualMachineMigrationSpec> {
-    match &obs.spec {
-        Ok(s) => Some(s),
+) -> Option<(&'a VirtualMachineMigrationSpec, Resolved)> {
+    let spec = match &obs.spec {
+        Ok(s) => s,
         Err(p) => {
-            d.fail(
-                obs,
-                Some(C::Accepted),
-                R::InvalidSpec.as_str(),
-                p.message.clone(),
-                false,
-                now,
-            );
+            let m = p.message.clone();
+            d.fail(obs, Some(C::Accepted), R::InvalidSpec.as_str(), m, now);
+            return None;
+        }
+    };
+    match resolve(obs, spec) {
+        Ok(r) => Some((spec, r)),
+        Err(m) => {
+            d.fail(obs, Some(C::Scheduled), R::PolicyNotFound.as_str(), m, now);
             None
         }
     }
@@ -104,21 +105,8 @@ fn already_on_target(obs: &Observed, d: &mut Decision, located: &Located, now: T
 pub fn pending(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp) {
     // Only forceComplete can change the spec; its generation is acknowledged.
     d.status.observed_generation = Some(obs.generation);
-    let Some(spec) = spec(obs, d, now) else {
+    let Some((spec, resolved)) = spec_and_policy(obs, d, now) else {
         return;
-    };
-    let resolved = match resolve(obs, spec) {
-        Ok(r) => r,
-        Err(m) => {
-            return d.fail(
-                obs,
-                Some(C::Scheduled),
-                R::PolicyNotFound.as_str(),
-                m,
-                false,
-                now,
-            );
-        }
     };
     let located = precheck::locate(&spec.vm, None, &obs.world.hypervisors).ok();
     if let Some(l) = &located
@@ -127,10 +115,6 @@ pub fn pending(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp) {
         return already_on_target(obs, d, l, now);
     }
     let me = Flight {
-        uid: obs.uid.clone(),
-        name: obs.name.clone(),
-        created: obs.created,
-        phase: Some(Phase::Pending),
         vm_name: located
             .as_ref()
             .map(|l| l.domain.name.clone())
@@ -144,6 +128,7 @@ pub fn pending(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp) {
             .map(|l| l.node.clone())
             .or(spec.source_node.clone()),
         target: spec.target_node.clone(),
+        ..Flight::of_observed(obs, Some(Phase::Pending))
     };
     if let Some(other) = active_twin(obs, &me) {
         let m =
@@ -153,7 +138,6 @@ pub fn pending(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp) {
             Some(C::Prechecked),
             R::AlreadyMigrating.as_str(),
             m,
-            false,
             now,
         );
     }
@@ -222,21 +206,8 @@ fn inputs<'a>(
 /// Scheduling: find the source, take or choose the target, resolve the
 /// policy; all recorded in status.
 pub fn scheduling(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp) {
-    let Some(spec) = spec(obs, d, now) else {
+    let Some((spec, resolved)) = spec_and_policy(obs, d, now) else {
         return;
-    };
-    let resolved = match resolve(obs, spec) {
-        Ok(r) => r,
-        Err(m) => {
-            return d.fail(
-                obs,
-                Some(C::Scheduled),
-                R::PolicyNotFound.as_str(),
-                m,
-                false,
-                now,
-            );
-        }
     };
     let located = match precheck::locate(
         &spec.vm,
@@ -245,14 +216,7 @@ pub fn scheduling(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp
     ) {
         Ok(l) => l,
         Err(r) => {
-            return d.fail(
-                obs,
-                Some(C::Scheduled),
-                r.reason.as_str(),
-                r.message,
-                false,
-                now,
-            );
+            return d.fail(obs, Some(C::Scheduled), r.reason.as_str(), r.message, now);
         }
     };
     if spec.target_node.as_deref() == Some(located.node.as_str()) {
@@ -260,14 +224,7 @@ pub fn scheduling(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp
     }
     let Some(source) = obs.world.hypervisor(&located.node) else {
         let m = format!("{} has no Hypervisor object", located.node);
-        return d.fail(
-            obs,
-            Some(C::Scheduled),
-            R::VMNotFound.as_str(),
-            m,
-            false,
-            now,
-        );
+        return d.fail(obs, Some(C::Scheduled), R::VMNotFound.as_str(), m, now);
     };
     let mut inbound = obs.world.inbound();
     // This migration is active already and must not count against itself.
@@ -291,14 +248,7 @@ pub fn scheduling(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp
                 let m = format!(
                     "spec.targetNode {t} has no Hypervisor object; is kvmotion's agent running there?"
                 );
-                return d.fail(
-                    obs,
-                    Some(C::Scheduled),
-                    R::TargetNotFound.as_str(),
-                    m,
-                    false,
-                    now,
-                );
+                return d.fail(obs, Some(C::Scheduled), R::TargetNotFound.as_str(), m, now);
             };
             match schedule::exclusion(&inp, hv) {
                 None => (t.clone(), format!("spec.targetNode {t} can take the VM")),
@@ -307,7 +257,7 @@ pub fn scheduling(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp
                 }
                 Some(e) => {
                     let m = format!("spec.targetNode {t} cannot take the VM: {}", e.describe());
-                    return d.fail(obs, Some(C::Scheduled), e.reason().as_str(), m, false, now);
+                    return d.fail(obs, Some(C::Scheduled), e.reason().as_str(), m, now);
                 }
             }
         }
@@ -315,7 +265,7 @@ pub fn scheduling(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp
             Ok(c) => (c.node, c.message),
             Err(NoChoice::Wait(m)) => return wait(obs, s, d, m, now),
             Err(NoChoice::Refuse(r, m)) => {
-                return d.fail(obs, Some(C::Scheduled), r.as_str(), m, false, now);
+                return d.fail(obs, Some(C::Scheduled), r.as_str(), m, now);
             }
         },
     };
@@ -365,11 +315,25 @@ pub struct Checked {
     pub located: Located,
     /// Disks, and whether each is copied.
     pub disks: Vec<kvmotion_api::agent::DiskPlan>,
+    /// Source node.
+    pub source: String,
+    /// Target node.
+    pub target: String,
 }
 
-/// The checks that need only inventories and heartbeats. `Err` is the
-/// reason and message of the first that fails.
+/// Every precheck: the inventory checks, then both agents' heartbeats.
+/// `Err` is the reason and message of the first that fails.
 pub fn check(obs: &Observed, s: &Settings, now: Timestamp) -> Result<Checked, (R, String)> {
+    let checked = locate_and_plan(obs)?;
+    for node in [&checked.source, &checked.target] {
+        agent_available(obs, s, node, now)?;
+    }
+    Ok(checked)
+}
+
+/// The checks that need only the inventories: the VM is where scheduling
+/// found it, in a state the mode allows, with a disk plan.
+pub fn locate_and_plan(obs: &Observed) -> Result<Checked, (R, String)> {
     let spec = obs
         .spec
         .as_ref()
@@ -390,14 +354,11 @@ pub fn check(obs: &Observed, s: &Settings, now: Timestamp) -> Result<Checked, (R
     let located = precheck::locate(&by_uuid, Some(source), &obs.world.hypervisors)
         .map_err(|r| (r.reason, r.message))?;
     let me = Flight {
-        uid: obs.uid.clone(),
-        name: obs.name.clone(),
-        created: obs.created,
-        phase: st.phase,
         vm_name: Some(vm.name.clone()),
         vm_uuid: Some(vm.uuid.clone()),
         source: Some(source.clone()),
         target: Some(target.clone()),
+        ..Flight::of_observed(obs, st.phase)
     };
     let disks = precheck::check(
         spec,
@@ -407,29 +368,42 @@ pub fn check(obs: &Observed, s: &Settings, now: Timestamp) -> Result<Checked, (R
         active_twin(obs, &me),
     )
     .map_err(|r| (r.reason, r.message))?;
-    for node in [source, target] {
-        let fresh = obs
-            .world
-            .heartbeats
-            .get(node)
-            .is_some_and(|t| elapsed(*t, now) <= s.heartbeat_max_age);
-        if !fresh {
-            return Err((
-                R::AgentUnavailable,
-                format!(
-                    "the agent on {node} has not renewed its heartbeat Lease within {} s; check its pod",
-                    s.heartbeat_max_age.as_secs()
-                ),
-            ));
-        }
-        if obs.world.endpoint(node).is_none() {
-            return Err((
-                R::AgentUnavailable,
-                format!("the agent on {node} publishes no endpoint in its Hypervisor status"),
-            ));
-        }
+    Ok(Checked {
+        located,
+        disks,
+        source: source.clone(),
+        target: target.clone(),
+    })
+}
+
+/// The agent on `node` renews its heartbeat and publishes an endpoint.
+fn agent_available(
+    obs: &Observed,
+    s: &Settings,
+    node: &str,
+    now: Timestamp,
+) -> Result<(), (R, String)> {
+    let fresh = obs
+        .world
+        .heartbeats
+        .get(node)
+        .is_some_and(|t| elapsed(*t, now) <= s.heartbeat_max_age);
+    if !fresh {
+        return Err((
+            R::AgentUnavailable,
+            format!(
+                "the agent on {node} has not renewed its heartbeat Lease within {} s; check its pod",
+                s.heartbeat_max_age.as_secs()
+            ),
+        ));
     }
-    Ok(Checked { located, disks })
+    if obs.world.endpoint(node).is_none() {
+        return Err((
+            R::AgentUnavailable,
+            format!("the agent on {node} publishes no endpoint in its Hypervisor status"),
+        ));
+    }
+    Ok(())
 }
 
 /// Prechecking: everything that can be known before touching an agent.
@@ -457,13 +431,6 @@ pub fn prechecking(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestam
             );
             d.enter(Phase::Preparing, now);
         }
-        Err((reason, message)) => d.fail(
-            obs,
-            Some(C::Prechecked),
-            reason.as_str(),
-            message,
-            false,
-            now,
-        ),
+        Err((reason, message)) => d.fail(obs, Some(C::Prechecked), reason.as_str(), message, now),
     }
 }

@@ -4,12 +4,9 @@
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kvmotion_api::agent::{JobPhase, JobStatus, ResolvedTuning};
-use kvmotion_api::hypervisor::{
-    DiskInfo, DomainInfo, DomainState, HostCpu, HostMemory, Hypervisor, HypervisorSpec,
-    HypervisorStatus,
-};
+use kvmotion_api::hypervisor::{DiskInfo, DomainInfo, DomainState, Hypervisor};
 use kvmotion_api::migration::{AppliedPolicy, MigrationResult, ScheduledVm};
 use kvmotion_api::policy::{ConcurrencyLimits, MigrationPolicy, MigrationPolicySpec};
 use kvmotion_api::{
@@ -19,10 +16,10 @@ use kvmotion_api::{
 
 use super::outcome::apply;
 use super::*;
+use crate::fixtures::{GIB, healthy_hypervisor};
 use crate::reconcile::observe::{AgentFailure, Reading, SpecProblem};
 use crate::reconcile::world::{Flight, World};
 
-const GIB: u64 = 1 << 30;
 const UUID: &str = "6b0a7e2c-1d1e-4c51-9a11-0000000000a1";
 
 fn now() -> Timestamp {
@@ -33,30 +30,13 @@ fn ago(secs: i64) -> Timestamp {
     now() - SignedDuration::from_secs(secs)
 }
 
+/// A healthy hypervisor with 32 GiB free, an agent endpoint and `domains`.
 fn hv(name: &str, domains: Vec<DomainInfo>) -> Hypervisor {
-    let mut h = Hypervisor::new(name, HypervisorSpec::default());
-    h.status = Some(HypervisorStatus {
-        libvirt_version: Some("11.3.0".into()),
-        cpu: Some(HostCpu {
-            arch: "x86_64".into(),
-            ..Default::default()
-        }),
-        memory: Some(HostMemory {
-            total_bytes: 64 * GIB,
-            free_bytes: 32 * GIB,
-        }),
-        agent_endpoint: Some(format!("http://{name}:9443")),
-        domains,
-        conditions: vec![Condition {
-            type_: "Ready".into(),
-            status: "True".into(),
-            reason: "LibvirtReachable".into(),
-            message: String::new(),
-            observed_generation: None,
-            last_transition_time: Time(Timestamp::UNIX_EPOCH),
-        }],
-        ..Default::default()
-    });
+    let mut h = healthy_hypervisor(name, 32);
+    if let Some(s) = h.status.as_mut() {
+        s.agent_endpoint = Some(format!("http://{name}:9443"));
+        s.domains = domains;
+    }
     h
 }
 

@@ -1,0 +1,70 @@
+//! What the benchmark binaries share: medians, the round count, raw virsh
+//! on a lab node, and writing the report.
+
+use std::process::{Command, Output};
+use std::time::Instant;
+
+use crate::lab::{self, lab};
+
+/// The median of `v` (NaN when empty).
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+/// Rounds per comparison: `KVMOTION_BENCH_ROUNDS`, else 8.
+pub fn rounds() -> usize {
+    std::env::var("KVMOTION_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(8)
+}
+
+/// `virsh -c <node's socket>`: no shell or nsenter in the timed path.
+pub fn virsh(node: &str, args: &[&str]) -> Output {
+    let socket = lab(&["socket", node]).trim().to_string();
+    Command::new("virsh")
+        .arg("-c")
+        .arg(format!("qemu+unix:///system?socket={socket}"))
+        .args(args)
+        .output()
+        .expect("virsh")
+}
+
+/// `virsh migrate --live --p2p` of `name` from `from` to `to`, plus `extra`
+/// flags; returns the wall time in seconds.
+pub fn virsh_migrate(from: &str, to: &str, name: &str, extra: &[&str]) -> f64 {
+    let uri = format!("qemu+tcp://{}/system", lab::migration_ip(to));
+    let mut args = vec![
+        "migrate",
+        "--live",
+        "--p2p",
+        "--persistent",
+        "--undefinesource",
+    ];
+    args.extend_from_slice(extra);
+    args.extend([name, uri.as_str()]);
+    let t = Instant::now();
+    let out = virsh(from, &args);
+    let wall = t.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "virsh migrate: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wall
+}
+
+/// Writes `report` to `target/bench/<file>` and prints it.
+pub fn write_report(file: &str, report: &serde_json::Value) {
+    let dir = crate::repo_root().join("target/bench");
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let text = serde_json::to_string_pretty(report).expect("json");
+    std::fs::write(dir.join(file), &text).unwrap_or_else(|e| panic!("writing {file}: {e}"));
+    println!("{text}");
+}
