@@ -87,7 +87,10 @@ const WAKE_BATCH: usize = 50;
 
 impl Context {
     /// The world as the caches show it (reservations not yet merged).
-    fn world(&self) -> World {
+    /// The flights of other migrations are summarized only for the phases
+    /// whose decisions read them: a running migration's progress poll does
+    /// not walk every migration in the cluster.
+    fn world(&self, phase: Option<Phase>) -> World {
         World {
             hypervisors: self
                 .stores
@@ -104,13 +107,16 @@ impl Context {
                 .map(|p| (**p).clone())
                 .collect(),
             heartbeats: world::heartbeats(self.stores.leases.state().iter().map(|l| &**l)),
-            flights: self
-                .stores
-                .migrations
-                .state()
-                .iter()
-                .map(|m| Flight::of(m))
-                .collect(),
+            flights: if world::needs_flights(phase) {
+                self.stores
+                    .migrations
+                    .state()
+                    .iter()
+                    .map(|m| Flight::of(m))
+                    .collect()
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -133,8 +139,15 @@ impl Context {
     }
 
     /// Asks the oldest waiting migrations to look for capacity again.
-    fn wake_waiting(&self, world: &World) {
-        let mut waiting: Vec<&Flight> = world.flights.iter().filter(|f| f.is_waiting()).collect();
+    fn wake_waiting(&self) {
+        let mut waiting: Vec<Flight> = self
+            .stores
+            .migrations
+            .state()
+            .iter()
+            .map(|m| Flight::of(m))
+            .filter(|f| f.is_waiting())
+            .collect();
         waiting.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
         let resource = ApiResource::erase::<VirtualMachineMigration>(&());
         for f in waiting.into_iter().take(WAKE_BATCH) {
@@ -210,7 +223,7 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Act
 /// Observe → decide → act → write status, for one migration.
 async fn drive(obj: &DynamicObject, ctx: &Arc<Context>, deleting: bool) -> Result<Action, Error> {
     let mut obs = observe::observe(obj);
-    obs.world = ctx.world();
+    obs.world = ctx.world(obs.status.phase);
     obs.last_progress_write = ctx
         .progress_written
         .lock()
@@ -256,6 +269,9 @@ async fn drive(obj: &DynamicObject, ctx: &Arc<Context>, deleting: bool) -> Resul
 /// Decides with reservations merged, holding their lock so that two
 /// reconciles cannot both take the last slot or the same VM.
 fn admit_atomically(ctx: &Context, obs: &mut Observed, now: Timestamp) -> Decision {
+    if !world::needs_flights(obs.status.phase) {
+        return decide::decide(obs, &ctx.settings, now);
+    }
     let Ok(mut reservations) = ctx.reservations.lock() else {
         return decide::decide(obs, &ctx.settings, now);
     };
@@ -292,7 +308,7 @@ async fn record(
         if let Ok(mut m) = ctx.progress_written.lock() {
             m.remove(&obs.uid);
         }
-        ctx.wake_waiting(&obs.world);
+        ctx.wake_waiting();
     }
     let notes = events::notes(&obs.status, &d.status);
     events::publish(&ctx.recorder, &reference(obj), notes).await;

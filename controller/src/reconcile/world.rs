@@ -136,6 +136,23 @@ pub fn created(meta: &kube::api::ObjectMeta) -> Timestamp {
         .unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
+/// Whether decisions in `phase` read the other migrations (capacity,
+/// inbound counts, another migration of the same VM).
+pub fn needs_flights(phase: Option<Phase>) -> bool {
+    match phase {
+        None
+        | Some(Phase::Pending)
+        | Some(Phase::Scheduling)
+        | Some(Phase::Prechecking)
+        | Some(Phase::Preparing) => true,
+        Some(Phase::Migrating)
+        | Some(Phase::Finalizing)
+        | Some(Phase::Succeeded)
+        | Some(Phase::Failed)
+        | Some(Phase::Cancelled) => false,
+    }
+}
+
 /// Heartbeats from the agents' Leases: node → last renewal.
 pub fn heartbeats<'a>(leases: impl IntoIterator<Item = &'a Lease>) -> BTreeMap<String, Timestamp> {
     leases
