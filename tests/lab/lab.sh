@@ -28,7 +28,14 @@ log() { printf '[lab] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 node_dir() { echo "$LAB/nodes/$1"; }
 pid_of() { cat "$(node_dir "$1")/libvirtd.pid" 2>/dev/null || true; }
-alive() { local p; p=$(pid_of "$1"); [ -n "$p" ] && kill -0 "$p" 2>/dev/null; }
+# A killed daemon stays a zombie until PID 1 reaps it (here up to about a
+# second), and `kill -0` still succeeds on a zombie: read its state instead.
+alive() {
+  local p state; p=$(pid_of "$1")
+  [ -n "$p" ] || return 1
+  state=$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | cut -d' ' -f1)
+  [ -n "$state" ] && [ "$state" != Z ]
+}
 check_node() { [[ " ${NODES[*]} " == *" $1 "* ]] || die "unknown node '$1' (node-a or node-b)"; }
 
 # Runs a command inside NODE's namespaces (network, mount, UTS), where the
@@ -102,6 +109,7 @@ start_libvirtd() { # start_libvirtd NODE
 kill_libvirtd() { # kill_libvirtd NODE: SIGKILL, as a crash (guests keep running)
   local p; p=$(pid_of "$1")
   [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true
+  for _ in $(seq 1 50); do alive "$1" || break; sleep 0.1; done
   rm -f "$(node_dir "$1")/run/libvirt/libvirt-sock"
 }
 
