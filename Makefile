@@ -46,9 +46,10 @@ bench-agent: ## Agent vs virsh on the lab; writes target/bench/agent.json
 	@$(CP)/up.sh && tests/lab/lab.sh up && \
 	  $(CARGO) run --release -q -p kvmotion-tests --bin bench-agent
 
-bench: ## Controller end to end vs virsh on the lab; writes target/bench/controller.json
+bench: ## Controller vs virsh on the lab, and 1,000 migrations on fake agents; writes target/bench/controller.json
 	@$(CP)/up.sh && tests/lab/lab.sh up && \
-	  $(CARGO) run --release -q -p kvmotion-tests --bin bench-controller
+	  $(CARGO) run --release -q -p kvmotion-tests --bin bench-controller && \
+	  $(CARGO) run --release -q -p kvmotion-tests --bin bench-scale
 
 control-plane-build: ## Build kube-apiserver, etcd, kubectl and helm (cached outside the clone)
 	$(CP)/build.sh

@@ -60,6 +60,20 @@ pub fn virsh_migrate(from: &str, to: &str, name: &str, extra: &[&str]) -> f64 {
     wall
 }
 
+/// Sets the keys of `part` in `target/bench/<file>`, keeping the others
+/// (benchmarks that fill one file in parts); prints the whole.
+pub fn merge_report(file: &str, part: serde_json::Value) {
+    let path = crate::repo_root().join("target/bench").join(file);
+    let mut whole: serde_json::Map<String, serde_json::Value> = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    if let serde_json::Value::Object(keys) = part {
+        whole.extend(keys);
+    }
+    write_report(file, &serde_json::Value::Object(whole));
+}
+
 /// Writes `report` to `target/bench/<file>` and prints it.
 pub fn write_report(file: &str, report: &serde_json::Value) {
     let dir = crate::repo_root().join("target/bench");

@@ -144,6 +144,29 @@ impl ControllerProcess {
         let _ = self.child.kill().await;
     }
 
+    /// Peak resident memory so far (VmHWM), in bytes.
+    pub fn peak_rss_bytes(&self) -> Option<u64> {
+        let pid = self.child.id()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    }
+
+    /// The metrics page, or an empty string when it does not answer.
+    pub async fn metrics_text(&self) -> String {
+        self.get("/metrics")
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default()
+    }
+
     /// The log so far, for assertion messages.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -7,8 +7,10 @@ pub mod bench;
 pub mod control_plane;
 pub mod controller;
 pub mod e2e;
+pub mod fleet;
 pub mod http;
 pub mod lab;
+pub mod scale;
 pub mod scope;
 
 pub use control_plane::{ControlPlane, Output, control_plane};

@@ -58,7 +58,7 @@ async fn over_the_limit_migrations_wait_and_start_in_creation_order() {
         "{waited:#}"
     );
     assert!(
-        message.starts_with("cluster limit: 1 of 1 in flight"),
+        message.starts_with("cluster limit (1) is taken"),
         "{message}"
     );
 

@@ -23,12 +23,15 @@ pub fn admit(me: &Flight, others: &[Flight], limits: &ConcurrencyLimits) -> Resu
             .count();
         (active as u32, waiting as u32)
     };
+    // The message names the limit but not the counts: a waiting
+    // migration's status changes only when what it waits for does, not
+    // with every start and end elsewhere in the cluster.
     let check = |what: String, (active, waiting): (u32, u32), limit: u32| {
         if active + waiting < limit {
             Ok(())
         } else {
             Err(format!(
-                "{what}: {active} of {limit} in flight and {waiting} older migration(s) waiting ahead"
+                "{what} ({limit}) is taken by running migrations and older waiting ones"
             ))
         }
     };
@@ -48,6 +51,18 @@ pub fn admit(me: &Flight, others: &[Flight], limits: &ConcurrencyLimits) -> Resu
         )?;
     }
     Ok(())
+}
+
+/// How many of the oldest waiting migrations a freed slot should wake.
+/// Admission is in creation order and every older waiting migration counts
+/// against the cluster limit, so only the first `per_cluster - active` of
+/// the queue can start; one more covers a cache that has not yet seen the
+/// end that freed the slot. At least one, at most `batch`.
+pub fn wake_count(per_cluster: u32, active: usize, batch: usize) -> usize {
+    (per_cluster as usize)
+        .saturating_sub(active)
+        .saturating_add(1)
+        .clamp(1, batch.max(1))
 }
 
 #[cfg(test)]
@@ -79,6 +94,26 @@ mod tests {
     }
 
     #[test]
+    fn a_freed_slot_wakes_only_the_head_of_the_queue_that_can_start() {
+        // (per_cluster, active, batch, woken)
+        let cases = [
+            (50, 49, 50, 2),
+            (50, 50, 50, 1),
+            (50, 60, 50, 1),
+            (5, 0, 50, 6),
+            (500, 0, 50, 50),
+            (1, 0, 0, 1),
+        ];
+        for (limit, active, batch, want) in cases {
+            assert_eq!(
+                wake_count(limit, active, batch),
+                want,
+                "limit {limit}, active {active}, batch {batch}"
+            );
+        }
+    }
+
+    #[test]
     fn the_gate_counts_active_and_older_waiting_migrations_per_limit() {
         let me = f("me", 100, Some(Phase::Pending), "a", "b");
         let run = Some(Phase::Migrating);
@@ -90,13 +125,13 @@ mod tests {
                 "cluster full",
                 vec![f("x", 1, run, "c", "d")],
                 limits(1, 5, 5),
-                Err("cluster limit: 1 of 1 in flight and 0 older migration(s) waiting ahead"),
+                Err("cluster limit (1) is taken by running migrations and older waiting ones"),
             ),
             (
                 "older waiting counts ahead",
                 vec![f("x", 50, wait, "c", "d")],
                 limits(1, 5, 5),
-                Err("cluster limit: 0 of 1 in flight and 1 older migration(s) waiting ahead"),
+                Err("cluster limit (1) is taken by running migrations and older waiting ones"),
             ),
             (
                 "younger waiting does not",
@@ -108,13 +143,15 @@ mod tests {
                 "outbound of the source",
                 vec![f("x", 1, run, "a", "d")],
                 limits(5, 1, 5),
-                Err("outbound limit of a: 1 of 1 in flight and 0 older migration(s) waiting ahead"),
+                Err(
+                    "outbound limit of a (1) is taken by running migrations and older waiting ones",
+                ),
             ),
             (
                 "inbound of the target",
                 vec![f("x", 1, run, "c", "b")],
                 limits(5, 5, 1),
-                Err("inbound limit of b: 1 of 1 in flight and 0 older migration(s) waiting ahead"),
+                Err("inbound limit of b (1) is taken by running migrations and older waiting ones"),
             ),
             (
                 "other nodes are free",

@@ -82,7 +82,7 @@ pub struct Context {
     pub watched_jobs: Mutex<std::collections::HashSet<String>>,
 }
 
-/// How many waiting migrations one freed slot wakes.
+/// The most waiting migrations one freed slot wakes.
 const WAKE_BATCH: usize = 50;
 
 impl Context {
@@ -138,19 +138,23 @@ impl Context {
         }
     }
 
-    /// Asks the oldest waiting migrations to look for capacity again.
-    fn wake_waiting(&self) {
-        let mut waiting: Vec<Flight> = self
+    /// Asks the oldest waiting migrations to look for capacity again, as
+    /// many as could start under `per_cluster` (the ended migration's
+    /// cluster limit).
+    fn wake_waiting(&self, per_cluster: u32) {
+        let flights: Vec<Flight> = self
             .stores
             .migrations
             .state()
             .iter()
             .map(|m| Flight::of(m))
-            .filter(|f| f.is_waiting())
             .collect();
+        let active = flights.iter().filter(|f| f.is_active()).count();
+        let mut waiting: Vec<&Flight> = flights.iter().filter(|f| f.is_waiting()).collect();
         waiting.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
         let resource = ApiResource::erase::<VirtualMachineMigration>(&());
-        for f in waiting.into_iter().take(WAKE_BATCH) {
+        let n = capacity::wake_count(per_cluster, active, WAKE_BATCH);
+        for f in waiting.into_iter().take(n) {
             let _ = self
                 .wake
                 .unbounded_send(ObjectRef::new_with(&f.name, resource.clone()));
@@ -308,7 +312,12 @@ async fn record(
         if let Ok(mut m) = ctx.progress_written.lock() {
             m.remove(&obs.uid);
         }
-        ctx.wake_waiting();
+        let per_cluster = d
+            .status
+            .policy
+            .as_ref()
+            .map_or(WAKE_BATCH as u32, |p| p.concurrency.per_cluster);
+        ctx.wake_waiting(per_cluster);
     }
     let notes = events::notes(&obs.status, &d.status);
     events::publish(&ctx.recorder, &reference(obj), notes).await;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, PostParams};
 use kvmotion_api::VirtualMachineMigration;
-use kvmotion_tests::bench::{median, rounds, virsh_migrate, write_report};
+use kvmotion_tests::bench::{median, merge_report, rounds, virsh_migrate};
 use kvmotion_tests::e2e::Rig;
 use kvmotion_tests::lab::{self, Guest, GuestSpec};
 use serde_json::json;
@@ -96,5 +96,5 @@ async fn main() {
         "rounds": rounds(),
         "guest": "256 MiB, 1 vCPU, TCG, 16 MiB dirtied at 4 MiB/s, shared disk",
     });
-    write_report("controller.json", &report);
+    merge_report("controller.json", report);
 }

@@ -513,7 +513,7 @@ fn waiting_for_capacity_says_why_and_looks_again() {
         ("False", "WaitingForCapacity")
     );
     assert!(
-        c.message.contains("1 older migration(s) waiting ahead"),
+        c.message.contains("cluster limit (1) is taken"),
         "{}",
         c.message
     );
