@@ -76,6 +76,13 @@ pub struct Args {
     #[arg(long, env = "KVMOTION_MIGRATION_SELECTOR")]
     pub migration_selector: Option<String>,
 
+    /// Reconciles run at once, at most. Bounds memory and keeps each
+    /// reconcile quick when thousands of migrations arrive together; a
+    /// running job is watched outside this bound.
+    #[arg(long, env = "KVMOTION_MAX_CONCURRENT_RECONCILES", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_concurrent_reconciles: u16,
+
     /// Log format.
     #[arg(long, env = "KVMOTION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -6,6 +6,7 @@ use kvmotion_api::agent::ResolvedTuning;
 use kvmotion_api::migration::PolicyRef;
 use kvmotion_api::policy::{ConcurrencyLimits, MigrationPolicy};
 use kvmotion_api::tuning::MigrationTuning;
+use std::sync::Arc;
 
 /// The policy a migration runs under.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,7 +31,7 @@ pub enum PolicyProblem {
 /// Resolves the policy of a migration with `policy_ref` and `overrides`,
 /// given every `MigrationPolicy` in the cluster.
 pub fn resolve(
-    policies: &[MigrationPolicy],
+    policies: &[Arc<MigrationPolicy>],
     policy_ref: Option<&PolicyRef>,
     overrides: Option<&MigrationTuning>,
 ) -> Result<Resolved, PolicyProblem> {
@@ -40,7 +41,7 @@ pub fn resolve(
                 .iter()
                 .find(|p| p.metadata.name.as_deref() == Some(r.name.as_str()))
                 .ok_or_else(|| PolicyProblem::NotFound(r.name.clone()))?;
-            (Some(p), None)
+            (Some(&**p), None)
         }
         None => default_policy(policies),
     };
@@ -63,9 +64,12 @@ pub fn resolve(
 
 /// The policy marked `isDefault`; the oldest when several are (then by
 /// name), with a note naming them all.
-fn default_policy(policies: &[MigrationPolicy]) -> (Option<&MigrationPolicy>, Option<String>) {
-    let mut defaults: Vec<&MigrationPolicy> =
-        policies.iter().filter(|p| p.spec.is_default).collect();
+fn default_policy(policies: &[Arc<MigrationPolicy>]) -> (Option<&MigrationPolicy>, Option<String>) {
+    let mut defaults: Vec<&MigrationPolicy> = policies
+        .iter()
+        .map(|p| &**p)
+        .filter(|p| p.spec.is_default)
+        .collect();
     defaults.sort_by(|a, b| {
         let key = |p: &MigrationPolicy| {
             (
@@ -167,12 +171,12 @@ mod tests {
             },
         );
         let dflt = policy("default", true, 20, bw(500));
-        let both = vec![wan, dflt];
+        let both = vec![Arc::new(wan), Arc::new(dflt)];
         let named = Some(PolicyRef { name: "wan".into() });
         // (case, policies, ref, overrides) → (bandwidth, onTimeout, policy used)
         type Case<'a> = (
             &'a str,
-            &'a [MigrationPolicy],
+            &'a [Arc<MigrationPolicy>],
             Option<PolicyRef>,
             Option<MigrationTuning>,
             (u32, TimeoutAction, Option<&'a str>),
@@ -235,8 +239,8 @@ mod tests {
     #[test]
     fn of_several_defaults_the_oldest_wins_and_the_note_says_so() {
         let all = vec![
-            policy("b-new", true, 30, bw(2)),
-            policy("a-old", true, 10, bw(1)),
+            Arc::new(policy("b-new", true, 30, bw(2))),
+            Arc::new(policy("a-old", true, 10, bw(1))),
         ];
         let got = resolve(&all, None, None).unwrap();
         assert_eq!(
@@ -254,6 +258,12 @@ mod tests {
         );
         let mut p = policy("p", true, 1, MigrationTuning::default());
         p.spec.concurrency.per_cluster = 1;
-        assert_eq!(resolve(&[p], None, None).unwrap().limits.per_cluster, 1);
+        assert_eq!(
+            resolve(&[Arc::new(p)], None, None)
+                .unwrap()
+                .limits
+                .per_cluster,
+            1
+        );
     }
 }

@@ -8,6 +8,7 @@ use kvmotion_api::hypervisor::{DomainInfo, DomainState, Hypervisor};
 use kvmotion_api::migration::MigrationMode;
 use kvmotion_api::tuning::StorageMode;
 use kvmotion_api::{ConditionReason, VirtualMachineMigrationSpec, VmRef};
+use std::sync::Arc;
 
 /// A failed precheck: the condition reason and a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +46,7 @@ fn matches(vm: &VmRef, d: &DomainInfo) -> bool {
 pub fn locate(
     vm: &VmRef,
     source_node: Option<&str>,
-    hypervisors: &[Hypervisor],
+    hypervisors: &[Arc<Hypervisor>],
 ) -> Result<Located, Refusal> {
     let mut found: Vec<Located> = hypervisors
         .iter()
@@ -236,7 +237,7 @@ mod tests {
 
     #[test]
     fn the_vm_is_located_or_refused_with_a_reason() {
-        let nodes = vec![
+        let nodes: Vec<Arc<Hypervisor>> = [
             node("a", vec![domain("web", "u1", DomainState::Running, vec![])]),
             node(
                 "b",
@@ -245,7 +246,10 @@ mod tests {
                     domain("db", "u3", DomainState::Running, vec![]),
                 ],
             ),
-        ];
+        ]
+        .into_iter()
+        .map(Arc::new)
+        .collect();
         // (case, vm, sourceNode) → Ok(source node) or Err(reason)
         type Case<'a> = (&'a str, VmRef, Option<&'a str>, Result<&'a str, &'a str>);
         let cases: Vec<Case> = vec![

@@ -85,6 +85,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         agent_namespace: args.agent_namespace.clone(),
         identity: args.identity(),
         selector: args.migration_selector.clone(),
+        concurrency: args.max_concurrent_reconciles,
     };
     let lease = LeaseConfig {
         namespace: args.lease_namespace.clone(),
@@ -122,10 +123,26 @@ struct Setup {
     agent_namespace: String,
     identity: String,
     selector: Option<String>,
+    concurrency: u16,
 }
 
 /// Starts a watch cache of `api` and returns it once filled.
 async fn cache<K>(api: Api<K>) -> Store<K>
+where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    cache_notifying(api, Arc::new(tokio::sync::Notify::new())).await
+}
+
+/// A watch cache that also signals `changed` on every change.
+async fn cache_notifying<K>(api: Api<K>, changed: Arc<tokio::sync::Notify>) -> Store<K>
 where
     K: kube::Resource
         + Clone
@@ -141,7 +158,10 @@ where
         writer,
         watcher(api, watcher::Config::default()).default_backoff(),
     );
-    tokio::spawn(stream.for_each(|_| futures::future::ready(())));
+    tokio::spawn(stream.for_each(move |_| {
+        changed.notify_one();
+        futures::future::ready(())
+    }));
     if store.wait_until_ready().await.is_err() {
         warn!("a watch cache closed before it was ready");
     }
@@ -152,9 +172,13 @@ async fn run_controller(setup: Setup) {
     info!("reconciling VirtualMachineMigrations");
     let client = setup.client.clone();
     let resource = ApiResource::erase::<VirtualMachineMigration>(&());
+    let policy_changed = Arc::new(tokio::sync::Notify::new());
     let (hypervisors, policies, leases) = tokio::join!(
         cache(Api::<Hypervisor>::all(client.clone())),
-        cache(Api::<MigrationPolicy>::all(client.clone())),
+        cache_notifying(
+            Api::<MigrationPolicy>::all(client.clone()),
+            policy_changed.clone()
+        ),
         cache(Api::<Lease>::namespaced(
             client.clone(),
             &setup.agent_namespace
@@ -165,8 +189,9 @@ async fn run_controller(setup: Setup) {
     if let Some(sel) = &setup.selector {
         watch = watch.labels(sel);
     }
-    let controller =
-        Controller::new_with(migrations_api(&client), watch, resource).reconcile_on(woken);
+    let controller = Controller::new_with(migrations_api(&client), watch, resource)
+        .with_config(kube::runtime::controller::Config::default().concurrency(setup.concurrency))
+        .reconcile_on(woken);
     let stores = Stores {
         migrations: controller.store(),
         hypervisors,
@@ -192,6 +217,17 @@ async fn run_controller(setup: Setup) {
         wake,
         watched_jobs: Default::default(),
     });
+    // A policy edit may raise a limit: waiting migrations look again now
+    // rather than at their next recheck.
+    let policy_wakes = tokio::spawn({
+        let ctx = ctx.clone();
+        async move {
+            loop {
+                policy_changed.notified().await;
+                ctx.wake_waiting(u32::MAX);
+            }
+        }
+    });
     let gauges = tokio::spawn(count_in_flight(
         stores.migrations.clone(),
         setup.metrics.clone(),
@@ -205,6 +241,7 @@ async fn run_controller(setup: Setup) {
         })
         .await;
     gauges.abort();
+    policy_wakes.abort();
 }
 
 /// Keeps the in-flight gauges current from the cache.

@@ -4,6 +4,7 @@
 //! the user named, so both paths give the same reasons.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -20,7 +21,7 @@ pub struct Inputs<'a> {
     /// The node the VM runs on.
     pub source: &'a Hypervisor,
     /// Every Hypervisor.
-    pub hypervisors: &'a [Hypervisor],
+    pub hypervisors: &'a [Arc<Hypervisor>],
     /// Last heartbeat of each node's agent.
     pub heartbeats: &'a BTreeMap<String, Timestamp>,
     /// Migrations in flight toward each node.
@@ -335,8 +336,8 @@ mod tests {
             .collect();
         let inbound: BTreeMap<String, u32> =
             inbound.iter().map(|(n, c)| (n.to_string(), *c)).collect();
-        let mut all = nodes;
-        all.push(source.clone());
+        let mut all: Vec<Arc<Hypervisor>> = nodes.into_iter().map(Arc::new).collect();
+        all.push(Arc::new(source.clone()));
         choose(&Inputs {
             vm_memory_bytes: 4 * GIB,
             source: &source,

@@ -159,6 +159,18 @@ impl ControllerProcess {
         Some(kib * 1024)
     }
 
+    /// CPU time used so far, user plus system.
+    pub fn cpu_time(&self) -> Option<std::time::Duration> {
+        let pid = self.child.id()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name, which may hold spaces.
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        // USER_HZ is 100 on Linux.
+        Some(std::time::Duration::from_millis(ticks * 10))
+    }
+
     /// The metrics page, or an empty string when it does not answer.
     pub async fn metrics_text(&self) -> String {
         self.get("/metrics")

@@ -2,11 +2,13 @@
 //! against a [`Fleet`] of fake agents: what `make bench` measures at scale
 //! and what the fleet test checks at a smaller one.
 
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
 use kube::Api;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
 use kvmotion_api::VirtualMachineMigration;
 use serde_json::json;
 
@@ -45,6 +47,8 @@ pub struct ScaleReport {
     pub wall: Duration,
     /// The controller's peak resident memory.
     pub peak_rss_bytes: u64,
+    /// CPU time the controller used (user + system).
+    pub cpu: Duration,
     /// Status writes the controller made.
     pub status_writes: f64,
     /// Reconciles the controller ran.
@@ -130,38 +134,49 @@ pub async fn run(test: &str, spec: &ScaleSpec) -> ScaleReport {
         .collect::<Vec<()>>()
         .await;
 
-    let selector = ListParams::default().labels(&format!("{SCOPE_LABEL}={}", scope.id));
-    let mut waited = std::collections::HashSet::new();
+    // Watched, not listed: polling a thousand objects would load the
+    // apiserver the controller is measured against.
+    let selector = format!("{SCOPE_LABEL}={}", scope.id);
+    let mut phases: HashMap<String, String> = HashMap::new();
+    let mut waited = HashSet::new();
+    let events =
+        watcher(api.clone(), watcher::Config::default().labels(&selector)).applied_objects();
+    futures::pin_mut!(events);
     let finals = loop {
-        let list = api.list(&selector).await.expect("listing migrations");
-        let mut terminal = Vec::new();
-        for m in &list.items {
-            let status = m.data.get("status").cloned().unwrap_or_default();
-            let phase = status["phase"].as_str().unwrap_or_default().to_string();
-            let waiting = status["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["reason"] == "WaitingForCapacity");
-            if waiting {
-                waited.insert(m.metadata.name.clone().unwrap_or_default());
-            }
-            if matches!(phase.as_str(), "Succeeded" | "Failed" | "Cancelled") {
-                terminal.push((m.metadata.name.clone().unwrap_or_default(), phase));
-            }
+        let next = tokio::time::timeout_at((started + spec.deadline).into(), events.next()).await;
+        let m = match next {
+            Ok(Some(Ok(m))) => m,
+            Ok(Some(Err(e))) => panic!("watching migrations: {e}"),
+            Ok(None) | Err(_) => panic!(
+                "{} of {} migrations ended within {:?}\n{}",
+                phases.values().filter(|p| is_terminal(p)).count(),
+                spec.migrations,
+                spec.deadline,
+                controller.log_text()
+            ),
+        };
+        let name = m.metadata.name.clone().unwrap_or_default();
+        let status = m.data.get("status").cloned().unwrap_or_default();
+        let waiting = status["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["reason"] == "WaitingForCapacity");
+        if waiting {
+            waited.insert(name.clone());
         }
-        if terminal.len() == spec.migrations {
-            break terminal;
-        }
-        assert!(
-            started.elapsed() < spec.deadline,
-            "{} of {} migrations ended within {:?}\n{}",
-            terminal.len(),
-            spec.migrations,
-            spec.deadline,
-            controller.log_text()
+        phases.insert(
+            name,
+            status["phase"].as_str().unwrap_or_default().to_string(),
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let ended: Vec<(String, String)> = phases
+            .iter()
+            .filter(|(_, p)| is_terminal(p))
+            .map(|(n, p)| (n.clone(), p.clone()))
+            .collect();
+        if ended.len() == spec.migrations {
+            break ended;
+        }
     };
     let wall = started.elapsed();
     let metrics = controller.metrics_text().await;
@@ -187,6 +202,7 @@ pub async fn run(test: &str, spec: &ScaleSpec) -> ScaleReport {
         .count();
     // Deleted while the controller runs, so it releases its finalizers
     // (left to the scope, a thousand objects would each need a patch).
+    let selector = ListParams::default().labels(&selector);
     api.delete_collection(&DeleteParams::default(), &selector)
         .await
         .expect("deleting the migrations");
@@ -216,6 +232,7 @@ pub async fn run(test: &str, spec: &ScaleSpec) -> ScaleReport {
         on_target,
         wall,
         peak_rss_bytes: controller.peak_rss_bytes().unwrap_or(0),
+        cpu: controller.cpu_time().unwrap_or_default(),
         status_writes: sum_series(&metrics, "kvmotion_controller_status_writes_total"),
         reconciles: sum_series(&metrics, "kvmotion_controller_reconciliations_total"),
         reconcile_p99: Duration::from_secs_f64(p99),
@@ -223,6 +240,10 @@ pub async fn run(test: &str, spec: &ScaleSpec) -> ScaleReport {
         peaks: fleet.peaks(),
         waited: waited.len(),
     }
+}
+
+fn is_terminal(phase: &str) -> bool {
+    matches!(phase, "Succeeded" | "Failed" | "Cancelled")
 }
 
 /// Sum of every series of `name` on a metrics page.

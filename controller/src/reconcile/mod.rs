@@ -92,20 +92,10 @@ impl Context {
     /// not walk every migration in the cluster.
     fn world(&self, phase: Option<Phase>) -> World {
         World {
-            hypervisors: self
-                .stores
-                .hypervisors
-                .state()
-                .iter()
-                .map(|h| (**h).clone())
-                .collect(),
-            policies: self
-                .stores
-                .policies
-                .state()
-                .iter()
-                .map(|p| (**p).clone())
-                .collect(),
+            // Shared with the caches, not copied: a reconcile is cheap in
+            // memory however many guests the inventories list.
+            hypervisors: self.stores.hypervisors.state(),
+            policies: self.stores.policies.state(),
             heartbeats: world::heartbeats(self.stores.leases.state().iter().map(|l| &**l)),
             flights: if world::needs_flights(phase) {
                 self.stores
@@ -141,7 +131,7 @@ impl Context {
     /// Asks the oldest waiting migrations to look for capacity again, as
     /// many as could start under `per_cluster` (the ended migration's
     /// cluster limit).
-    fn wake_waiting(&self, per_cluster: u32) {
+    pub fn wake_waiting(&self, per_cluster: u32) {
         let flights: Vec<Flight> = self
             .stores
             .migrations

@@ -3,6 +3,7 @@
 //! controller's watch caches. Built without I/O, so decisions stay pure.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -19,9 +20,9 @@ pub const AGENT_LEASE_PREFIX: &str = "kvmotion-agent-";
 #[derive(Debug, Clone, Default)]
 pub struct World {
     /// Every Hypervisor.
-    pub hypervisors: Vec<Hypervisor>,
+    pub hypervisors: Vec<Arc<Hypervisor>>,
     /// Every MigrationPolicy.
-    pub policies: Vec<MigrationPolicy>,
+    pub policies: Vec<Arc<MigrationPolicy>>,
     /// Last heartbeat of each node's agent.
     pub heartbeats: BTreeMap<String, Timestamp>,
     /// Every other migration, summarized.
@@ -175,6 +176,7 @@ impl World {
         self.hypervisors
             .iter()
             .find(|h| h.metadata.name.as_deref() == Some(node))
+            .map(|h| &**h)
     }
 
     /// The agent endpoint `node` publishes.

@@ -38,8 +38,13 @@ pub struct Settings {
     pub agent_timeout: Duration,
     /// Progress is mirrored at most this often.
     pub progress_interval: Duration,
-    /// How often a waiting migration looks for capacity again.
+    /// How often a migration waiting in Pending looks for capacity again.
+    /// A safety net: the end of a migration and a policy change wake the
+    /// head of the queue at once.
     pub capacity_recheck: Duration,
+    /// How often a migration waiting in Scheduling for a target with a
+    /// free inbound slot looks again.
+    pub target_recheck: Duration,
 }
 
 impl Default for Settings {
@@ -48,7 +53,8 @@ impl Default for Settings {
             heartbeat_max_age: Duration::from_secs(40),
             agent_timeout: Duration::from_secs(60),
             progress_interval: Duration::from_secs(1),
-            capacity_recheck: Duration::from_secs(5),
+            capacity_recheck: Duration::from_secs(30),
+            target_recheck: Duration::from_secs(5),
         }
     }
 }

@@ -306,7 +306,7 @@ fn wait(obs: &Observed, s: &Settings, d: &mut Decision, why: String, now: Timest
         why,
         now,
     );
-    d.next = Next::RequeueAfter(s.capacity_recheck);
+    d.next = Next::RequeueAfter(s.target_recheck);
 }
 
 /// The located VM and its disk plan, as prechecks and preparation need.

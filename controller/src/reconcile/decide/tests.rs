@@ -1,6 +1,7 @@
 //! Table tests of every phase's decision and of effect outcomes.
 #![allow(clippy::type_complexity)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -111,7 +112,10 @@ impl Obs {
             spec: Ok(spec()),
             status,
             world: World {
-                hypervisors: vec![hv("a", vec![web(DomainState::Running)]), hv("b", vec![])],
+                hypervisors: vec![
+                    Arc::new(hv("a", vec![web(DomainState::Running)])),
+                    Arc::new(hv("b", vec![])),
+                ],
                 policies: vec![],
                 heartbeats,
                 flights: vec![],
@@ -281,8 +285,12 @@ fn every_phase_decides_its_next_step() {
         (
             "Scheduling, target not ready → TargetNotReady",
             Obs::new(Some(Scheduling)).with(|o| {
-                o.world.hypervisors[1].status.as_mut().unwrap().conditions[0].status =
-                    "False".into()
+                Arc::make_mut(&mut o.world.hypervisors[1])
+                    .status
+                    .as_mut()
+                    .unwrap()
+                    .conditions[0]
+                    .status = "False".into()
             }),
             Some(Failed),
             "TargetNotReady",
@@ -322,8 +330,9 @@ fn every_phase_decides_its_next_step() {
         ),
         (
             "Prechecking, VM shut off → VMNotRunning",
-            Obs::new(Some(Prechecking))
-                .with(|o| o.world.hypervisors[0] = hv("a", vec![web(DomainState::ShutOff)])),
+            Obs::new(Some(Prechecking)).with(|o| {
+                o.world.hypervisors[0] = Arc::new(hv("a", vec![web(DomainState::ShutOff)]))
+            }),
             Some(Failed),
             "VMNotRunning",
             "-",
@@ -342,7 +351,7 @@ fn every_phase_decides_its_next_step() {
             Obs::new(Some(Prechecking)).with(|o| {
                 let mut d = web(DomainState::Running);
                 d.disks[0].shared = false;
-                o.world.hypervisors[0] = hv("a", vec![d]);
+                o.world.hypervisors[0] = Arc::new(hv("a", vec![d]));
                 o.status.policy.as_mut().unwrap().tuning.storage =
                     kvmotion_api::tuning::StorageMode::Shared;
             }),
@@ -492,7 +501,7 @@ fn every_phase_decides_its_next_step() {
 #[test]
 fn waiting_for_capacity_says_why_and_looks_again() {
     let obs = Obs::new(Some(Phase::Pending)).with(|o| {
-        o.world.policies = vec![MigrationPolicy::new(
+        o.world.policies = vec![Arc::new(MigrationPolicy::new(
             "one",
             MigrationPolicySpec {
                 is_default: true,
@@ -503,7 +512,7 @@ fn waiting_for_capacity_says_why_and_looks_again() {
                 },
                 ..Default::default()
             },
-        )];
+        ))];
         o.world.flights = vec![other("older", Phase::Pending, ago(200), "v")];
     });
     let d = decide(&obs.0, &Settings::default(), now());
@@ -517,7 +526,7 @@ fn waiting_for_capacity_says_why_and_looks_again() {
         "{}",
         c.message
     );
-    assert_eq!(d.next, Next::RequeueAfter(Duration::from_secs(5)));
+    assert_eq!(d.next, Next::RequeueAfter(Duration::from_secs(30)));
     assert!(d.admitted.is_none());
 }
 
