@@ -319,12 +319,13 @@ fn refuse(code: StatusCode, reason: &str, message: String) -> Response {
     (code, axum::Json(body)).into_response()
 }
 
-/// The caller's token, checked as a real agent would (minus TokenReview).
-fn authorized(shared: &Shared, h: &HeaderMap) -> Result<(), Response> {
+/// The caller's token, checked as a real agent would (minus TokenReview):
+/// the refusal when it is not the expected one.
+fn unauthorized(shared: &Shared, h: &HeaderMap) -> Option<Response> {
     let want = format!("Bearer {}", shared.1.token);
     match h.get("authorization").and_then(|v| v.to_str().ok()) {
-        Some(got) if got.trim() == want => Ok(()),
-        _ => Err(refuse(
+        Some(got) if got.trim() == want => None,
+        _ => Some(refuse(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
             "a bearer token is required".into(),
@@ -379,7 +380,7 @@ fn job_status(id: &str, job: &Job, job_time: Duration) -> JobStatus {
             throughput_bytes_per_second: (total as f64 / job_time.as_secs_f64()) as u64,
             ..Default::default()
         },
-        result: (job.phase == JobPhase::Completed).then(|| MigrationResult {
+        result: (job.phase == JobPhase::Completed).then_some(MigrationResult {
             duration_ms: job_time.as_millis() as u64,
             downtime_ms: 10,
             data_transferred_bytes: total,
@@ -409,7 +410,7 @@ async fn status(
     Query(q): Query<Wait>,
     h: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorized(&shared, &h) {
+    if let Some(r) = unauthorized(&shared, &h) {
         return r;
     }
     let job_time = shared.1.job;
@@ -441,7 +442,7 @@ async fn prepare(
     h: HeaderMap,
     axum::Json(req): axum::Json<PrepareRequest>,
 ) -> Response {
-    if let Err(r) = authorized(&shared, &h) {
+    if let Some(r) = unauthorized(&shared, &h) {
         return r;
     }
     if req.source_node == node {
@@ -466,7 +467,7 @@ async fn start(
     h: HeaderMap,
     axum::Json(req): axum::Json<StartRequest>,
 ) -> Response {
-    if let Err(r) = authorized(&shared, &h) {
+    if let Some(r) = unauthorized(&shared, &h) {
         return r;
     }
     let job_time = shared.1.job;
@@ -523,7 +524,7 @@ async fn abort(
     Path((_node, id)): Path<(String, String)>,
     h: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorized(&shared, &h) {
+    if let Some(r) = unauthorized(&shared, &h) {
         return r;
     }
     let job_time = shared.1.job;
@@ -559,7 +560,7 @@ async fn finish(
     Path((_node, id)): Path<(String, String)>,
     h: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorized(&shared, &h) {
+    if let Some(r) = unauthorized(&shared, &h) {
         return r;
     }
     let job_time = shared.1.job;
@@ -585,7 +586,7 @@ async fn finish(
 
 /// Drops a preparation: nothing to free in a fake.
 async fn cleanup(State(shared): State<Shared>, h: HeaderMap) -> Response {
-    if let Err(r) = authorized(&shared, &h) {
+    if let Some(r) = unauthorized(&shared, &h) {
         return r;
     }
     axum::Json(json!({})).into_response()
@@ -596,7 +597,7 @@ async fn domain(
     Path((node, vm)): Path<(String, String)>,
     h: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorized(&shared, &h) {
+    if let Some(r) = unauthorized(&shared, &h) {
         return r;
     }
     let st = shared.0.lock().expect("fleet state");
