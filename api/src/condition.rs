@@ -59,6 +59,9 @@ pub enum ConditionReason {
     VMNotFound,
     /// The VM's name matches domains on several nodes.
     VMAmbiguous,
+    /// The same VM (one UUID) is listed on several nodes: it is moving, or
+    /// an inventory has not caught up yet. Scheduling waits, then fails.
+    VMMoving,
     /// A live migration of a VM that does not run.
     VMNotRunning,
     /// The only possible target is the VM's own node.
@@ -116,6 +119,7 @@ impl ConditionReason {
             ConditionReason::PolicyNotFound => "PolicyNotFound",
             ConditionReason::VMNotFound => "VMNotFound",
             ConditionReason::VMAmbiguous => "VMAmbiguous",
+            ConditionReason::VMMoving => "VMMoving",
             ConditionReason::VMNotRunning => "VMNotRunning",
             ConditionReason::SameNode => "SameNode",
             ConditionReason::TargetNotFound => "TargetNotFound",

@@ -86,6 +86,20 @@ pub fn locate(
             ),
         }),
         1 => Ok(found.remove(0)),
+        _ if found
+            .iter()
+            .all(|l| l.domain.uuid.eq_ignore_ascii_case(&found[0].domain.uuid)) =>
+        {
+            let nodes: Vec<&str> = found.iter().map(|l| l.node.as_str()).collect();
+            Err(refuse(
+                ConditionReason::VMMoving,
+                format!(
+                    "{what} ({}) is listed on {}: it is moving, or an inventory has not caught up",
+                    found[0].domain.uuid,
+                    nodes.join(" and ")
+                ),
+            ))
+        }
         _ => {
             let nodes: Vec<&str> = found.iter().map(|l| l.node.as_str()).collect();
             Err(refuse(
@@ -238,12 +252,19 @@ mod tests {
     #[test]
     fn the_vm_is_located_or_refused_with_a_reason() {
         let nodes: Vec<Arc<Hypervisor>> = [
-            node("a", vec![domain("web", "u1", DomainState::Running, vec![])]),
+            node(
+                "a",
+                vec![
+                    domain("web", "u1", DomainState::Running, vec![]),
+                    domain("api", "u4", DomainState::Running, vec![]),
+                ],
+            ),
             node(
                 "b",
                 vec![
                     domain("web", "u2", DomainState::ShutOff, vec![]),
                     domain("db", "u3", DomainState::Running, vec![]),
+                    domain("api", "u4", DomainState::Running, vec![]),
                 ],
             ),
         ]
@@ -254,6 +275,12 @@ mod tests {
         type Case<'a> = (&'a str, VmRef, Option<&'a str>, Result<&'a str, &'a str>);
         let cases: Vec<Case> = vec![
             ("unique name", vm(Some("db"), None), None, Ok("b")),
+            (
+                "one VM listed on two nodes",
+                vm(Some("api"), None),
+                None,
+                Err("VMMoving"),
+            ),
             (
                 "name on two nodes",
                 vm(Some("web"), None),

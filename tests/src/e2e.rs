@@ -116,17 +116,34 @@ impl Rig {
 
     /// Waits until `vm` appears in `node`'s Hypervisor inventory.
     pub async fn wait_inventory(&self, node: &str, vm: &str) {
+        self.wait_listed(node, vm, false).await
+    }
+
+    /// Waits until `node` is the only inventory that lists `vm` (after a
+    /// move, until the source's inventory has caught up too).
+    pub async fn wait_settled(&self, node: &str, vm: &str) {
+        self.wait_listed(node, vm, true).await
+    }
+
+    async fn wait_listed(&self, node: &str, vm: &str, only_there: bool) {
         let api: Api<Hypervisor> = Api::all(self.scope.cp.client().await);
         eventually(
             Duration::from_secs(30),
             &format!("{vm} in {node}'s inventory"),
             || async {
-                let hv = api.get(node).await.ok()?;
-                hv.status?
-                    .domains
+                let all = api.list(&Default::default()).await.ok()?;
+                let lists = |h: &Hypervisor| {
+                    h.status
+                        .as_ref()
+                        .is_some_and(|s| s.domains.iter().any(|d| d.name == vm))
+                };
+                let mut holders = all.items.iter().filter(|h| lists(h));
+                let here = all
+                    .items
                     .iter()
-                    .any(|d| d.name == vm)
-                    .then_some(())
+                    .any(|h| h.metadata.name.as_deref() == Some(node) && lists(h));
+                let elsewhere = holders.any(|h| h.metadata.name.as_deref() != Some(node));
+                (here && !(only_there && elsewhere)).then_some(())
             },
         )
         .await

@@ -60,8 +60,9 @@ async fn main() {
     for i in 0..rounds() {
         for controller_first in [i % 2 == 0, i % 2 == 1] {
             let to = lab::other(at);
-            // The inventory must show the VM where it is before a move.
-            rig.wait_inventory(at, &guest.name).await;
+            // Both sides start from settled inventories: the VM listed
+            // where it runs and nowhere else.
+            rig.wait_settled(at, &guest.name).await;
             if controller_first {
                 let (wall, job) = controller_move(
                     &rig,

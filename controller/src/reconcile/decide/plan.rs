@@ -2,10 +2,13 @@
 //! schedule (find the source, choose the target, resolve the policy) and
 //! precheck. A failure here leaves nothing to clean up.
 
+use std::time::Duration;
+
 use jiff::Timestamp;
 use kvmotion_api::migration::{AppliedPolicy, ScheduledVm};
 use kvmotion_api::{
-    ConditionReason as R, ConditionType as C, Phase, VirtualMachineMigrationSpec, VmRef,
+    ConditionReason as R, ConditionType as C, Phase, VirtualMachineMigrationSpec,
+    VirtualMachineMigrationStatus, VmRef,
 };
 
 use super::{Decision, Next, Settings, elapsed};
@@ -205,6 +208,19 @@ fn inputs<'a>(
 
 /// Scheduling: find the source, take or choose the target, resolve the
 /// policy; all recorded in status.
+/// How soon a migration whose VM is listed twice looks again.
+const INVENTORY_RECHECK: Duration = Duration::from_secs(1);
+
+/// How long the migration has been in Scheduling.
+fn scheduling_for(status: &VirtualMachineMigrationStatus, now: Timestamp) -> Option<Duration> {
+    status
+        .phase_transition_times
+        .iter()
+        .rev()
+        .find(|t| t.phase == Phase::Scheduling)
+        .map(|t| elapsed(t.time.0, now))
+}
+
 pub fn scheduling(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp) {
     let Some((spec, resolved)) = spec_and_policy(obs, d, now) else {
         return;
@@ -215,6 +231,16 @@ pub fn scheduling(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp
         &obs.world.hypervisors,
     ) {
         Ok(l) => l,
+        // Inventories settle within seconds of a move; a VM still listed
+        // twice after the agent timeout is a real conflict.
+        Err(r)
+            if r.reason == R::VMMoving
+                && scheduling_for(&d.status, now).is_none_or(|t| t < s.agent_timeout) =>
+        {
+            d.condition(obs, C::Scheduled, false, r.reason.as_str(), r.message, now);
+            d.next = Next::RequeueAfter(INVENTORY_RECHECK);
+            return;
+        }
         Err(r) => {
             return d.fail(obs, Some(C::Scheduled), r.reason.as_str(), r.message, now);
         }

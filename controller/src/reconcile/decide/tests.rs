@@ -315,6 +315,21 @@ fn every_phase_decides_its_next_step() {
             "-",
         ),
         (
+            "Scheduling, one VM still listed on two nodes past the agent timeout → VMMoving",
+            Obs::new(Some(Scheduling)).with(|o| {
+                o.world.hypervisors[1] = Arc::new(hv("b", vec![web(DomainState::Running)]));
+                o.status
+                    .phase_transition_times
+                    .push(kvmotion_api::migration::PhaseTransition {
+                        phase: Scheduling,
+                        time: Time(ago(120)),
+                    });
+            }),
+            Some(Failed),
+            "VMMoving",
+            "-",
+        ),
+        (
             "Scheduling, automatic choice → Prechecking",
             Obs::new(Some(Scheduling)).with(|o| o.spec.as_mut().unwrap().target_node = None),
             Some(Prechecking),
@@ -496,6 +511,28 @@ fn every_phase_decides_its_next_step() {
         }
         assert_eq!(kind(&d.effect), effect, "{name}: effect");
     }
+}
+
+#[test]
+fn a_vm_listed_on_two_nodes_waits_for_the_inventories_to_settle() {
+    let obs = Obs::new(Some(Phase::Scheduling)).with(|o| {
+        o.world.hypervisors[1] = Arc::new(hv("b", vec![web(DomainState::Running)]));
+        o.status
+            .phase_transition_times
+            .push(kvmotion_api::migration::PhaseTransition {
+                phase: Phase::Scheduling,
+                time: Time(ago(3)),
+            });
+    });
+    let d = decide(&obs.0, &Settings::default(), now());
+    assert_eq!(d.status.phase, Some(Phase::Scheduling));
+    let c = conditions::get(&d.status.conditions, C::Scheduled).unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "VMMoving")
+    );
+    assert!(c.message.contains("listed on a and b"), "{}", c.message);
+    assert_eq!(d.next, Next::RequeueAfter(Duration::from_secs(1)));
 }
 
 #[test]
