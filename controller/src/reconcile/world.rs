@@ -188,9 +188,13 @@ impl World {
     }
 
     /// Active migrations heading to each node.
-    pub fn inbound(&self) -> BTreeMap<String, u32> {
+    pub fn inbound(&self, except_uid: &str) -> BTreeMap<String, u32> {
         let mut counts = BTreeMap::new();
-        for f in self.flights.iter().filter(|f| f.is_active()) {
+        for f in self
+            .flights
+            .iter()
+            .filter(|f| f.is_active() && f.uid != except_uid)
+        {
             if let Some(t) = &f.target {
                 *counts.entry(t.clone()).or_insert(0) += 1;
             }

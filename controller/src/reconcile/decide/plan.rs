@@ -252,13 +252,9 @@ pub fn scheduling(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp
         let m = format!("{} has no Hypervisor object", located.node);
         return d.fail(obs, Some(C::Scheduled), R::VMNotFound.as_str(), m, now);
     };
-    let mut inbound = obs.world.inbound();
-    // This migration is active already and must not count against itself.
-    if let Some(t) = &d.status.target_node
-        && let Some(n) = inbound.get_mut(t)
-    {
-        *n = n.saturating_sub(1);
-    }
+    // This migration is active already and must not count against itself,
+    // whether its target is still only in the spec or already in status.
+    let inbound = obs.world.inbound(&obs.uid);
     let inp = inputs(
         obs,
         s,

@@ -330,6 +330,24 @@ fn every_phase_decides_its_next_step() {
             "-",
         ),
         (
+            "Scheduling, itself (target only in spec) and one other heading to b, limit 2 → Prechecking",
+            Obs::new(Some(Scheduling)).with(|o| {
+                o.world.flights = vec![
+                    Flight {
+                        target: Some("b".into()),
+                        ..other("m", Scheduling, ago(100), "web")
+                    },
+                    Flight {
+                        target: Some("b".into()),
+                        ..other("x", Migrating, ago(500), "v1")
+                    },
+                ]
+            }),
+            Some(Prechecking),
+            "",
+            "-",
+        ),
+        (
             "Scheduling, automatic choice → Prechecking",
             Obs::new(Some(Scheduling)).with(|o| o.spec.as_mut().unwrap().target_node = None),
             Some(Prechecking),
