@@ -253,6 +253,26 @@ impl AgentProcess {
             .await
     }
 
+    /// Freezes the process (SIGSTOP): it holds its connections but answers
+    /// nothing, like an agent on a hung or partitioned node.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen process run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().expect("the agent runs");
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    }
+
     /// Sends SIGKILL (a crashed agent).
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
