@@ -216,6 +216,7 @@ async fn run_controller(setup: Setup) {
         progress_written: Default::default(),
         wake,
         watched_jobs: Default::default(),
+        flight_cache: Default::default(),
     });
     // A policy edit may raise a limit: waiting migrations look again now
     // rather than at their next recheck.

@@ -3,15 +3,22 @@
 //! Migrations start in creation order: older waiting migrations that need
 //! the same capacity are counted ahead of this one. Pure.
 
+use std::sync::Arc;
+
 use kvmotion_api::policy::ConcurrencyLimits;
 
 use super::world::Flight;
 
 /// Whether `me` may start. `Err` says what is full, for the condition.
-pub fn admit(me: &Flight, others: &[Flight], limits: &ConcurrencyLimits) -> Result<(), String> {
+pub fn admit(
+    me: &Flight,
+    others: &[Arc<Flight>],
+    limits: &ConcurrencyLimits,
+) -> Result<(), String> {
     let ahead = |f: &&Flight| f.is_waiting() && (f.created, &f.name) < (me.created, &me.name);
     let relevant: Vec<&Flight> = others
         .iter()
+        .map(|f| &**f)
         .filter(|f| f.uid != me.uid)
         .filter(|f| f.is_active() || ahead(f))
         .collect();
@@ -176,6 +183,7 @@ mod tests {
             ),
         ];
         for (name, others, l, want) in cases {
+            let others: Vec<Arc<Flight>> = others.into_iter().map(Arc::new).collect();
             let got = admit(&me, &others, &l);
             assert_eq!(
                 got.as_ref().map_err(|e| e.as_str()),
@@ -189,7 +197,7 @@ mod tests {
     fn same_age_waiting_migrations_queue_by_name() {
         let me = f("b", 100, None, "a", "b");
         let twin = f("a", 100, None, "c", "d");
-        assert!(admit(&me, std::slice::from_ref(&twin), &limits(1, 5, 5)).is_err());
-        assert!(admit(&twin, &[me], &limits(1, 5, 5)).is_ok());
+        assert!(admit(&me, &[Arc::new(twin.clone())], &limits(1, 5, 5)).is_err());
+        assert!(admit(&twin, &[Arc::new(me)], &limits(1, 5, 5)).is_ok());
     }
 }

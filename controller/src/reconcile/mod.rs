@@ -78,6 +78,9 @@ pub struct Context {
     /// Wakes waiting migrations when capacity frees up, and migrations
     /// whose job ended.
     pub wake: UnboundedSender<ObjectRef<DynamicObject>>,
+    /// Summaries of migrations by UID, with the resourceVersion each
+    /// summarizes.
+    pub flight_cache: Mutex<HashMap<String, (String, Arc<Flight>)>>,
     /// Migrations whose job a long poll watches, by UID.
     pub watched_jobs: Mutex<std::collections::HashSet<String>>,
 }
@@ -98,16 +101,44 @@ impl Context {
             policies: self.stores.policies.state(),
             heartbeats: world::heartbeats(self.stores.leases.state().iter().map(|l| &**l)),
             flights: if world::needs_flights(phase) {
-                self.stores
-                    .migrations
-                    .state()
-                    .iter()
-                    .map(|m| Flight::of(m))
-                    .collect()
+                self.flights()
             } else {
                 Vec::new()
             },
         }
+    }
+
+    /// Every migration in the cache, summarized. A summary is kept per UID
+    /// for as long as the object's resourceVersion stays the same: reading
+    /// fields out of a thousand JSON objects on every planning reconcile
+    /// was most of the controller's CPU at scale.
+    fn flights(&self) -> Vec<Arc<Flight>> {
+        let objs = self.stores.migrations.state();
+        let Ok(mut cache) = self.flight_cache.lock() else {
+            return objs.iter().map(|m| Arc::new(Flight::of(m))).collect();
+        };
+        let out: Vec<Arc<Flight>> = objs
+            .iter()
+            .map(|m| {
+                let uid = m.metadata.uid.as_deref().unwrap_or_default();
+                let rv = m.metadata.resource_version.as_deref().unwrap_or_default();
+                match cache.get(uid) {
+                    Some((v, f)) if v == rv => f.clone(),
+                    _ => {
+                        let f = Arc::new(Flight::of(m));
+                        cache.insert(uid.to_string(), (rv.to_string(), f.clone()));
+                        f
+                    }
+                }
+            })
+            .collect();
+        // Deleted migrations leave entries behind; drop them now and then.
+        if cache.len() > 2 * out.len() + 64 {
+            let live: std::collections::HashSet<&str> =
+                out.iter().map(|f| f.uid.as_str()).collect();
+            cache.retain(|uid, _| live.contains(uid.as_str()));
+        }
+        out
     }
 
     /// Counts reservations as active, dropping those the cache caught up with.
@@ -120,10 +151,10 @@ impl Context {
         });
         for f in world.flights.iter_mut() {
             if let Some(r) = reservations.get(&f.uid) {
-                *f = Flight {
+                *f = Arc::new(Flight {
                     phase: Some(Phase::Scheduling),
                     ..r.clone()
-                };
+                });
             }
         }
     }
@@ -132,15 +163,9 @@ impl Context {
     /// many as could start under `per_cluster` (the ended migration's
     /// cluster limit).
     pub fn wake_waiting(&self, per_cluster: u32) {
-        let flights: Vec<Flight> = self
-            .stores
-            .migrations
-            .state()
-            .iter()
-            .map(|m| Flight::of(m))
-            .collect();
+        let flights = self.flights();
         let active = flights.iter().filter(|f| f.is_active()).count();
-        let mut waiting: Vec<&Flight> = flights.iter().filter(|f| f.is_waiting()).collect();
+        let mut waiting: Vec<&Arc<Flight>> = flights.iter().filter(|f| f.is_waiting()).collect();
         waiting.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
         let resource = ApiResource::erase::<VirtualMachineMigration>(&());
         let n = capacity::wake_count(per_cluster, active, WAKE_BATCH);

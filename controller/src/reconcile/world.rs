@@ -26,7 +26,7 @@ pub struct World {
     /// Last heartbeat of each node's agent.
     pub heartbeats: BTreeMap<String, Timestamp>,
     /// Every other migration, summarized.
-    pub flights: Vec<Flight>,
+    pub flights: Vec<Arc<Flight>>,
 }
 
 /// What concurrency and uniqueness need to know about one migration.

@@ -170,6 +170,10 @@ fn other(name: &str, phase: Phase, created: Timestamp, vm: &str) -> Flight {
     }
 }
 
+fn arcs(v: Vec<Flight>) -> Vec<Arc<Flight>> {
+    v.into_iter().map(Arc::new).collect()
+}
+
 fn reason(s: &VirtualMachineMigrationStatus, t: C) -> String {
     conditions::get(&s.conditions, t)
         .map(|c| c.reason.clone())
@@ -222,6 +226,7 @@ fn every_phase_decides_its_next_step() {
             Obs::new(Some(Pending)).with(|o| {
                 o.world.flights = (0..5)
                     .map(|i| other(&format!("x{i}"), Migrating, ago(500), &format!("v{i}")))
+                    .map(Arc::new)
                     .collect()
             }),
             Some(Pending),
@@ -231,10 +236,10 @@ fn every_phase_decides_its_next_step() {
         (
             "Pending, VM already being moved → AlreadyMigrating",
             Obs::new(Some(Pending)).with(|o| {
-                o.world.flights = vec![Flight {
+                o.world.flights = arcs(vec![Flight {
                     source: Some("a".into()),
                     ..other("x", Migrating, ago(500), "web")
-                }]
+                }])
             }),
             Some(Failed),
             "AlreadyMigrating",
@@ -299,7 +304,7 @@ fn every_phase_decides_its_next_step() {
         (
             "Scheduling, target full → waits",
             Obs::new(Some(Scheduling)).with(|o| {
-                o.world.flights = vec![
+                o.world.flights = arcs(vec![
                     Flight {
                         target: Some("b".into()),
                         ..other("x", Migrating, ago(500), "v1")
@@ -308,7 +313,7 @@ fn every_phase_decides_its_next_step() {
                         target: Some("b".into()),
                         ..other("y", Migrating, ago(500), "v2")
                     },
-                ]
+                ])
             }),
             Some(Scheduling),
             "",
@@ -332,7 +337,7 @@ fn every_phase_decides_its_next_step() {
         (
             "Scheduling, itself (target only in spec) and one other heading to b, limit 2 → Prechecking",
             Obs::new(Some(Scheduling)).with(|o| {
-                o.world.flights = vec![
+                o.world.flights = arcs(vec![
                     Flight {
                         target: Some("b".into()),
                         ..other("m", Scheduling, ago(100), "web")
@@ -341,7 +346,7 @@ fn every_phase_decides_its_next_step() {
                         target: Some("b".into()),
                         ..other("x", Migrating, ago(500), "v1")
                     },
-                ]
+                ])
             }),
             Some(Prechecking),
             "",
@@ -568,7 +573,7 @@ fn waiting_for_capacity_says_why_and_looks_again() {
                 ..Default::default()
             },
         ))];
-        o.world.flights = vec![other("older", Phase::Pending, ago(200), "v")];
+        o.world.flights = arcs(vec![other("older", Phase::Pending, ago(200), "v")]);
     });
     let d = decide(&obs.0, &Settings::default(), now());
     let c = conditions::get(&d.status.conditions, C::Admitted).unwrap();
@@ -825,6 +830,7 @@ fn deciding_again_on_a_decided_status_writes_nothing() {
                     &format!("v{i}"),
                 )
             })
+            .map(Arc::new)
             .collect()
     };
     let waiting = decide(
