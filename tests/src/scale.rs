@@ -57,6 +57,11 @@ pub struct ScaleReport {
     pub reconcile_p99: Duration,
     /// 50th percentile of reconcile duration.
     pub reconcile_p50: Duration,
+    /// Reconciles the controller logged as slow (≥ 100 ms).
+    pub slow_reconciles: usize,
+    /// Of those, the longest time spent before writing status (reading and
+    /// calling agents, deciding), in ms: what the controller itself adds.
+    pub slow_outside_write_max_ms: u64,
     /// Concurrent jobs as the agents saw them.
     pub peaks: Peaks,
     /// Migrations seen waiting with WaitingForCapacity at least once.
@@ -220,7 +225,10 @@ pub async fn run(test: &str, spec: &ScaleSpec) -> ScaleReport {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", controller.log_text()));
+    let (slow_reconciles, slow_outside_write_max_ms) = slow_reconciles(&controller.log_text());
     ScaleReport {
+        slow_reconciles,
+        slow_outside_write_max_ms,
         migrations: spec.migrations,
         succeeded: finals.iter().filter(|(_, p)| p == "Succeeded").count(),
         not_succeeded: finals
@@ -240,6 +248,49 @@ pub async fn run(test: &str, spec: &ScaleSpec) -> ScaleReport {
         peaks: fleet.peaks(),
         waited: waited.len(),
     }
+}
+
+/// Counts the controller's "slow reconcile" log lines and the largest
+/// `read_ms + act_ms` among them.
+pub fn slow_reconciles(log: &str) -> (usize, u64) {
+    let field = |line: &str, key: &str| -> u64 {
+        line.split_once(key)
+            .map(|(_, rest)| {
+                rest.chars()
+                    .skip_while(|c| !c.is_ascii_digit())
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+            })
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let slow: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("slow reconcile"))
+        .map(|l| {
+            let l = strip_ansi(l);
+            field(&l, "read_ms") + field(&l, "act_ms")
+        })
+        .collect();
+    (slow.len(), slow.into_iter().max().unwrap_or(0))
+}
+
+/// A log line without its colour escapes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for e in chars.by_ref() {
+                if e.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn is_terminal(phase: &str) -> bool {
@@ -315,6 +366,14 @@ mod tests {
         assert!((histogram_quantile(PAGE, "x_seconds", 0.7) - 0.015).abs() < 1e-9);
         assert!((histogram_quantile(PAGE, "x_seconds", 0.95) - 0.03).abs() < 1e-9);
         assert!(histogram_quantile(PAGE, "missing", 0.5).is_nan());
+    }
+
+    #[test]
+    fn slow_reconcile_lines_are_counted_with_their_own_time() {
+        let log = "x slow reconcile migration=a read_ms=3 act_ms=40 record_ms=120\n\
+                   y other line read_ms=999\n\
+                   \u{1b}[3mz\u{1b}[0m slow reconcile read_ms\u{1b}[2m=\u{1b}[0m50 act_ms\u{1b}[2m=\u{1b}[0m2 record_ms=101\n";
+        assert_eq!(slow_reconciles(log), (2, 52));
     }
 
     #[test]

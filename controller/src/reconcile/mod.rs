@@ -85,6 +85,9 @@ pub struct Context {
     pub watched_jobs: Mutex<std::collections::HashSet<String>>,
 }
 
+/// Reconciles slower than this are logged with their breakdown (debug).
+const SLOW_RECONCILE: Duration = Duration::from_millis(100);
+
 /// The most waiting migrations one freed slot wakes.
 const WAKE_BATCH: usize = 50;
 
@@ -241,6 +244,7 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Act
 
 /// Observe → decide → act → write status, for one migration.
 async fn drive(obj: &DynamicObject, ctx: &Arc<Context>, deleting: bool) -> Result<Action, Error> {
+    let t0 = Instant::now();
     let mut obs = observe::observe(obj);
     obs.world = ctx.world(obs.status.phase);
     obs.last_progress_write = ctx
@@ -251,6 +255,7 @@ async fn drive(obj: &DynamicObject, ctx: &Arc<Context>, deleting: bool) -> Resul
     if !deleting {
         obs.reading = agents::read(&ctx.agents, &obs).await;
     }
+    let t_read = t0.elapsed();
     let now = Timestamp::now();
     let decision = if deleting {
         decide::cancel(&obs, now)
@@ -272,7 +277,19 @@ async fn drive(obj: &DynamicObject, ctx: &Arc<Context>, deleting: bool) -> Resul
         }
         None => decision,
     };
+    let t_act = t0.elapsed();
     record(ctx, obj, &obs, &decision).await?;
+    if t0.elapsed() >= SLOW_RECONCILE {
+        // Where a slow reconcile spent its time: agents or the apiserver.
+        debug!(
+            migration = %obs.name,
+            phase = ?obs.status.phase,
+            read_ms = t_read.as_millis() as u64,
+            act_ms = (t_act - t_read).as_millis() as u64,
+            record_ms = (t0.elapsed() - t_act).as_millis() as u64,
+            "slow reconcile"
+        );
+    }
     if let Ok(mut f) = ctx.failures.lock() {
         f.remove(&obs.name);
     }

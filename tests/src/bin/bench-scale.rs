@@ -36,6 +36,8 @@ async fn main() {
             "scale_reconcile_p50_ms": r.reconcile_p50.as_secs_f64() * 1000.0,
             "scale_reconcile_p99_ms": r.reconcile_p99.as_secs_f64() * 1000.0,
             "scale_wall_s": secs,
+            "scale_slow_reconciles_over_100ms": r.slow_reconciles,
+            "scale_slow_reconciles_time_before_status_write_max_ms": r.slow_outside_write_max_ms,
             "scale_controller_cpu_s": r.cpu.as_secs_f64(),
             "scale_migrations_per_s": r.migrations as f64 / secs,
             "scale_peak_jobs": {"cluster": r.peaks.total, "outboundPerNode": r.peaks.outbound, "inboundPerNode": r.peaks.inbound},
