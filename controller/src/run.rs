@@ -126,23 +126,9 @@ struct Setup {
     concurrency: u16,
 }
 
-/// Starts a watch cache of `api` and returns it once filled.
-async fn cache<K>(api: Api<K>) -> Store<K>
-where
-    K: kube::Resource
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
-    cache_notifying(api, Arc::new(tokio::sync::Notify::new())).await
-}
-
-/// A watch cache that also signals `changed` on every change.
-async fn cache_notifying<K>(api: Api<K>, changed: Arc<tokio::sync::Notify>) -> Store<K>
+/// Starts a watch cache of `api` and returns it once filled; `changed`,
+/// if given, is signalled on every change.
+async fn cache<K>(api: Api<K>, changed: Option<Arc<tokio::sync::Notify>>) -> Store<K>
 where
     K: kube::Resource
         + Clone
@@ -159,7 +145,9 @@ where
         watcher(api, watcher::Config::default()).default_backoff(),
     );
     tokio::spawn(stream.for_each(move |_| {
-        changed.notify_one();
+        if let Some(c) = &changed {
+            c.notify_one();
+        }
         futures::future::ready(())
     }));
     if store.wait_until_ready().await.is_err() {
@@ -174,15 +162,15 @@ async fn run_controller(setup: Setup) {
     let resource = ApiResource::erase::<VirtualMachineMigration>(&());
     let policy_changed = Arc::new(tokio::sync::Notify::new());
     let (hypervisors, policies, leases) = tokio::join!(
-        cache(Api::<Hypervisor>::all(client.clone())),
-        cache_notifying(
+        cache(Api::<Hypervisor>::all(client.clone()), None),
+        cache(
             Api::<MigrationPolicy>::all(client.clone()),
-            policy_changed.clone()
+            Some(policy_changed.clone())
         ),
-        cache(Api::<Lease>::namespaced(
-            client.clone(),
-            &setup.agent_namespace
-        )),
+        cache(
+            Api::<Lease>::namespaced(client.clone(), &setup.agent_namespace),
+            None
+        ),
     );
     let (wake, woken) = futures::channel::mpsc::unbounded();
     let mut watch = watcher::Config::default();
@@ -229,10 +217,7 @@ async fn run_controller(setup: Setup) {
             }
         }
     });
-    let gauges = tokio::spawn(count_in_flight(
-        stores.migrations.clone(),
-        setup.metrics.clone(),
-    ));
+    let gauges = tokio::spawn(count_in_flight(ctx.clone(), setup.metrics.clone()));
     controller
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|res| async move {
@@ -245,8 +230,8 @@ async fn run_controller(setup: Setup) {
     policy_wakes.abort();
 }
 
-/// Keeps the in-flight gauges current from the cache.
-async fn count_in_flight(store: Store<DynamicObject>, metrics: Arc<Metrics>) {
+/// Keeps the in-flight gauges current from the migration summaries.
+async fn count_in_flight(ctx: Arc<Context>, metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tick.tick().await;
@@ -255,9 +240,8 @@ async fn count_in_flight(store: Store<DynamicObject>, metrics: Arc<Metrics>) {
             .filter(|p| !p.is_terminal())
             .map(|p| (*p, 0))
             .collect();
-        for m in store.state() {
-            let phase = reconcile::world::Flight::of(&m).phase;
-            if let Some(c) = counts.iter_mut().find(|(p, _)| Some(*p) == phase) {
+        for f in ctx.flights() {
+            if let Some(c) = counts.iter_mut().find(|(p, _)| Some(*p) == f.phase) {
                 c.1 += 1;
             }
         }

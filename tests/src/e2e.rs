@@ -132,17 +132,18 @@ impl Rig {
             &format!("{vm} in {node}'s inventory"),
             || async {
                 let all = api.list(&Default::default()).await.ok()?;
-                let lists = |h: &Hypervisor| {
-                    h.status
-                        .as_ref()
-                        .is_some_and(|s| s.domains.iter().any(|d| d.name == vm))
-                };
-                let mut holders = all.items.iter().filter(|h| lists(h));
-                let here = all
+                let holders: Vec<&str> = all
                     .items
                     .iter()
-                    .any(|h| h.metadata.name.as_deref() == Some(node) && lists(h));
-                let elsewhere = holders.any(|h| h.metadata.name.as_deref() != Some(node));
+                    .filter(|h| {
+                        h.status
+                            .as_ref()
+                            .is_some_and(|s| s.domains.iter().any(|d| d.name == vm))
+                    })
+                    .filter_map(|h| h.metadata.name.as_deref())
+                    .collect();
+                let here = holders.contains(&node);
+                let elsewhere = holders.iter().any(|h| *h != node);
                 (here && !(only_there && elsewhere)).then_some(())
             },
         )

@@ -14,8 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::extract::Request;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use kube::Api;
@@ -308,6 +310,7 @@ fn router(shared: Shared) -> Router {
         .route(&format!("{m}/finish"), post(finish))
         .route(&format!("{m}/cleanup"), post(cleanup))
         .route("/n/{node}/v1/domains/{vm}", get(domain))
+        .route_layer(middleware::from_fn_with_state(shared.clone(), authorize))
         .with_state(shared)
 }
 
@@ -319,18 +322,37 @@ fn refuse(code: StatusCode, reason: &str, message: String) -> Response {
     (code, axum::Json(body)).into_response()
 }
 
-/// The caller's token, checked as a real agent would (minus TokenReview):
-/// the refusal when it is not the expected one.
-fn unauthorized(shared: &Shared, h: &HeaderMap) -> Option<Response> {
+/// Checks the caller's token as a real agent would (minus TokenReview)
+/// before any call.
+async fn authorize(State(shared): State<Shared>, req: Request, next: Next) -> Response {
     let want = format!("Bearer {}", shared.1.token);
-    match h.get("authorization").and_then(|v| v.to_str().ok()) {
-        Some(got) if got.trim() == want => None,
-        _ => Some(refuse(
+    match req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(got) if got.trim() == want => next.run(req).await,
+        _ => refuse(
             StatusCode::UNAUTHORIZED,
             "Unauthorized",
             "a bearer token is required".into(),
-        )),
+        ),
     }
+}
+
+fn unknown_job(id: &str) -> Response {
+    refuse(
+        StatusCode::NOT_FOUND,
+        "UnknownMigration",
+        format!("no job {id}"),
+    )
+}
+
+/// Adds one to `key`'s count; returns the new count.
+fn bump(counts: &mut HashMap<String, usize>, key: String) -> usize {
+    let n = counts.entry(key).or_default();
+    *n += 1;
+    *n
 }
 
 /// Moves a job whose time is up to Completed and the guest to its target.
@@ -408,11 +430,7 @@ async fn status(
     State(shared): State<Shared>,
     Path((_node, id)): Path<(String, String)>,
     Query(q): Query<Wait>,
-    h: HeaderMap,
 ) -> Response {
-    if let Some(r) = unauthorized(&shared, &h) {
-        return r;
-    }
     let job_time = shared.1.job;
     let wait_until = Instant::now() + Duration::from_secs(q.wait_seconds.unwrap_or(0).min(30));
     loop {
@@ -420,11 +438,7 @@ async fn status(
             let mut st = shared.0.lock().expect("fleet state");
             advance(&mut st, &id, job_time);
             let Some(job) = st.jobs.get(&id) else {
-                return refuse(
-                    StatusCode::NOT_FOUND,
-                    "UnknownMigration",
-                    format!("no job {id}"),
-                );
+                return unknown_job(&id);
             };
             let ends = job.started + job_time;
             if job.phase.is_final() || Instant::now() >= wait_until {
@@ -437,14 +451,9 @@ async fn status(
 }
 
 async fn prepare(
-    State(shared): State<Shared>,
     Path((node, id)): Path<(String, String)>,
-    h: HeaderMap,
     axum::Json(req): axum::Json<PrepareRequest>,
 ) -> Response {
-    if let Some(r) = unauthorized(&shared, &h) {
-        return r;
-    }
     if req.source_node == node {
         return refuse(
             StatusCode::CONFLICT,
@@ -464,12 +473,8 @@ async fn prepare(
 async fn start(
     State(shared): State<Shared>,
     Path((node, id)): Path<(String, String)>,
-    h: HeaderMap,
     axum::Json(req): axum::Json<StartRequest>,
 ) -> Response {
-    if let Some(r) = unauthorized(&shared, &h) {
-        return r;
-    }
     let job_time = shared.1.job;
     let mut st = shared.0.lock().expect("fleet state");
     if let Some(job) = st.jobs.get(&id) {
@@ -500,16 +505,8 @@ async fn start(
     let s = job_status(&id, &job, job_time);
     st.jobs.insert(id, job);
     st.running += 1;
-    let out = {
-        let n = st.running_out.entry(node).or_default();
-        *n += 1;
-        *n
-    };
-    let inb = {
-        let n = st.running_in.entry(req.target_node).or_default();
-        *n += 1;
-        *n
-    };
+    let out = bump(&mut st.running_out, node);
+    let inb = bump(&mut st.running_in, req.target_node);
     let total = st.running;
     let p = &mut st.peaks;
     p.started += 1;
@@ -522,20 +519,12 @@ async fn start(
 async fn abort(
     State(shared): State<Shared>,
     Path((_node, id)): Path<(String, String)>,
-    h: HeaderMap,
 ) -> Response {
-    if let Some(r) = unauthorized(&shared, &h) {
-        return r;
-    }
     let job_time = shared.1.job;
     let mut st = shared.0.lock().expect("fleet state");
     advance(&mut st, &id, job_time);
     let Some(job) = st.jobs.get_mut(&id) else {
-        return refuse(
-            StatusCode::NOT_FOUND,
-            "UnknownMigration",
-            format!("no job {id}"),
-        );
+        return unknown_job(&id);
     };
     if job.phase.is_final() {
         return refuse(
@@ -558,20 +547,12 @@ async fn abort(
 async fn finish(
     State(shared): State<Shared>,
     Path((_node, id)): Path<(String, String)>,
-    h: HeaderMap,
 ) -> Response {
-    if let Some(r) = unauthorized(&shared, &h) {
-        return r;
-    }
     let job_time = shared.1.job;
     let mut st = shared.0.lock().expect("fleet state");
     advance(&mut st, &id, job_time);
     match st.jobs.get(&id) {
-        None => refuse(
-            StatusCode::NOT_FOUND,
-            "UnknownMigration",
-            format!("no job {id}"),
-        ),
+        None => unknown_job(&id),
         Some(job) if !job.phase.is_final() => refuse(
             StatusCode::CONFLICT,
             "JobRunning",
@@ -585,21 +566,14 @@ async fn finish(
 }
 
 /// Drops a preparation: nothing to free in a fake.
-async fn cleanup(State(shared): State<Shared>, h: HeaderMap) -> Response {
-    if let Some(r) = unauthorized(&shared, &h) {
-        return r;
-    }
+async fn cleanup() -> Response {
     axum::Json(json!({})).into_response()
 }
 
 async fn domain(
     State(shared): State<Shared>,
     Path((node, vm)): Path<(String, String)>,
-    h: HeaderMap,
 ) -> Response {
-    if let Some(r) = unauthorized(&shared, &h) {
-        return r;
-    }
     let st = shared.0.lock().expect("fleet state");
     let domain = st
         .domains

@@ -144,24 +144,24 @@ pub async fn run(test: &str, spec: &ScaleSpec) -> ScaleReport {
     let selector = format!("{SCOPE_LABEL}={}", scope.id);
     let mut phases: HashMap<String, String> = HashMap::new();
     let mut waited = HashSet::new();
+    let mut ended = 0;
     let events =
         watcher(api.clone(), watcher::Config::default().labels(&selector)).applied_objects();
     futures::pin_mut!(events);
-    let finals = loop {
+    while ended < spec.migrations {
         let next = tokio::time::timeout_at((started + spec.deadline).into(), events.next()).await;
         let m = match next {
             Ok(Some(Ok(m))) => m,
             Ok(Some(Err(e))) => panic!("watching migrations: {e}"),
             Ok(None) | Err(_) => panic!(
-                "{} of {} migrations ended within {:?}\n{}",
-                phases.values().filter(|p| is_terminal(p)).count(),
+                "{ended} of {} migrations ended within {:?}\n{}",
                 spec.migrations,
                 spec.deadline,
                 controller.log_text()
             ),
         };
         let name = m.metadata.name.clone().unwrap_or_default();
-        let status = m.data.get("status").cloned().unwrap_or_default();
+        let status = &m.data["status"];
         let waiting = status["conditions"]
             .as_array()
             .into_iter()
@@ -170,19 +170,14 @@ pub async fn run(test: &str, spec: &ScaleSpec) -> ScaleReport {
         if waiting {
             waited.insert(name.clone());
         }
-        phases.insert(
-            name,
-            status["phase"].as_str().unwrap_or_default().to_string(),
-        );
-        let ended: Vec<(String, String)> = phases
-            .iter()
-            .filter(|(_, p)| is_terminal(p))
-            .map(|(n, p)| (n.clone(), p.clone()))
-            .collect();
-        if ended.len() == spec.migrations {
-            break ended;
+        let phase = status["phase"].as_str().unwrap_or_default().to_string();
+        let now_terminal = is_terminal(&phase);
+        let was_terminal = phases.insert(name, phase).is_some_and(|p| is_terminal(&p));
+        if now_terminal && !was_terminal {
+            ended += 1;
         }
-    };
+    }
+    let finals: Vec<(String, String)> = phases.into_iter().collect();
     let wall = started.elapsed();
     let metrics = controller.metrics_text().await;
     let (p50, p99) = (

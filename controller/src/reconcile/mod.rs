@@ -115,7 +115,7 @@ impl Context {
     /// for as long as the object's resourceVersion stays the same: reading
     /// fields out of a thousand JSON objects on every planning reconcile
     /// was most of the controller's CPU at scale.
-    fn flights(&self) -> Vec<Arc<Flight>> {
+    pub fn flights(&self) -> Vec<Arc<Flight>> {
         let objs = self.stores.migrations.state();
         let Ok(mut cache) = self.flight_cache.lock() else {
             return objs.iter().map(|m| Arc::new(Flight::of(m))).collect();
