@@ -122,10 +122,7 @@ impl ControllerProcess {
     /// with `series` (which may include labels).
     pub async fn metric(&self, series: &str) -> Option<f64> {
         let (_, body) = self.get("/metrics").await.ok()?;
-        body.lines()
-            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+        metric_value(&body, series)
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns its exit code.
@@ -183,6 +180,15 @@ impl ControllerProcess {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+}
+
+/// The value of `series` (name and labels, exactly) on a Prometheus text
+/// page.
+pub fn metric_value(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
 
 impl ControllerProcess {

@@ -83,11 +83,34 @@ pub fn lab_up() -> &'static str {
     })
 }
 
-/// Serializes tests that run guests: two cores do not run several TCG
-/// guests and migrations at once without skewing every timing.
-pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+/// Holds the lab for one test; released on drop.
+pub struct LabLock {
+    _in_process: tokio::sync::MutexGuard<'static, ()>,
+    _across_processes: std::fs::File,
+}
+
+/// Serializes tests that run guests, within this test binary and across
+/// test binaries run at once (the lab is one per machine): two cores do not
+/// run several TCG guests and migrations at once without skewing every
+/// timing.
+pub async fn exclusive() -> LabLock {
     static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
+    let in_process = LOCK.lock().await;
+    let path = std::env::temp_dir().join("kvmotion-lab.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    let file = tokio::task::spawn_blocking(move || file.lock().map(|()| file))
+        .await
+        .expect("the lock task")
+        .unwrap_or_else(|e| panic!("locking {}: {e}", path.display()));
+    LabLock {
+        _in_process: in_process,
+        _across_processes: file,
+    }
 }
 
 /// The sha256 of `path` as `node` sees it.

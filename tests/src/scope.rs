@@ -76,6 +76,13 @@ impl Scope {
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
         self.cp.kubectl(args, stdin)
     }
+
+    /// Sets `spec.forceComplete` on the migration `name`, as a user would.
+    pub fn force_complete(&self, name: &str) {
+        let patch = r#"{"spec":{"forceComplete":true}}"#;
+        let out = self.kubectl(&["patch", "vmm", name, "--type=merge", "-p", patch], None);
+        assert!(out.ok, "patching {name}: {}", out.stderr);
+    }
 }
 
 impl Drop for Scope {

@@ -122,18 +122,7 @@ async fn a_new_migration_is_accepted_then_fails_on_an_unknown_vm_through_the_sta
         "{managers:?}"
     );
     // forceComplete bumps the generation; the controller acknowledges it.
-    let out = scope.kubectl(
-        &[
-            "patch",
-            "vmm",
-            &name,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"forceComplete":true}}"#,
-        ],
-        None,
-    );
-    assert!(out.ok, "{}", out.stderr);
+    scope.force_complete(&name);
     eventually(Duration::from_secs(30), "observedGeneration 2", || async {
         status_of(&scope, &name)
             .await

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use kvmotion_tests::controller::metric_value;
 use kvmotion_tests::e2e::{Rig, condition, phases};
 use kvmotion_tests::lab::{Guest, GuestSpec, exclusive};
 use serde_json::json;
@@ -91,4 +92,30 @@ async fn a_live_migration_moves_an_idle_guest_and_reports_every_phase() {
         .metric(r#"kvmotion_controller_migrations_total{result="Succeeded"}"#)
         .await;
     assert_eq!(ok, Some(1.0), "migrations metric");
+
+    // Every phase left was timed once; the result fed the downtime and
+    // bytes series with the values the status reports.
+    let page = rig.controller.metrics_text().await;
+    let metric = |series: &str| {
+        metric_value(&page, series).unwrap_or_else(|| panic!("no {series} in\n{page}"))
+    };
+    for phase in phases(&status).iter().filter(|p| *p != "Succeeded") {
+        let n = metric(&format!(
+            r#"kvmotion_controller_phase_duration_seconds_count{{phase="{phase}"}}"#
+        ));
+        assert_eq!(n, 1.0, "{phase} timed once");
+    }
+    let migrating = metric(r#"kvmotion_controller_phase_duration_seconds_sum{phase="Migrating"}"#);
+    assert!(migrating > 0.0 && migrating < 120.0, "{migrating}");
+    assert_eq!(metric("kvmotion_controller_downtime_seconds_count"), 1.0);
+    let downtime = metric("kvmotion_controller_downtime_seconds_sum");
+    let reported = result["downtimeMs"].as_f64().expect("downtime") / 1000.0;
+    assert!(
+        (downtime - reported).abs() < 1e-6,
+        "{downtime} vs {reported}"
+    );
+    assert_eq!(
+        metric("kvmotion_controller_transferred_bytes_total"),
+        result["dataTransferredBytes"].as_f64().expect("bytes")
+    );
 }
