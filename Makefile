@@ -4,8 +4,9 @@ SHELL := /bin/bash
 CARGO ?= cargo
 CP := tests/control-plane
 
-.PHONY: help deps build crds crds-check lint unit test integration bench-agent \
-        bench control-plane-build control-plane-up control-plane-down lab-up lab-down clean
+.PHONY: help deps build crds crds-check manifests chart-lint lint unit test integration \
+        bench-agent bench control-plane-build control-plane-up control-plane-down lab-up \
+        lab-down clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -16,8 +17,19 @@ deps: ## Install system packages the build and the lab need (Debian, root)
 build: deps ## Build every crate and binary
 	$(CARGO) build --workspace --all-targets
 
-crds: ## Regenerate crds/*.yaml from the Rust types in api/
+crds: ## Regenerate crds/*.yaml from the Rust types in api/ (and the chart's copies)
 	$(CARGO) run --quiet -p kvmotion-api --bin crdgen -- crds
+	cp crds/*.yaml charts/kvmotion/crds/
+
+# helm installs the CRDs from the chart's crds/, which must hold the same
+# files as crds/; config/ is rendered from the chart with the pinned helm.
+manifests: ## Copy crds/ into the chart and render config/ from charts/kvmotion
+	cp crds/*.yaml charts/kvmotion/crds/
+	charts/render.sh
+
+chart-lint: ## helm lint --strict of charts/kvmotion (pinned helm, built if missing)
+	@$(CP)/build.sh helm
+	@. $(CP)/lib.sh && "$$HELM_BIN/helm" lint --strict charts/kvmotion
 
 lint: deps ## rustfmt and clippy (warnings are errors)
 	$(CARGO) fmt --all -- --check
