@@ -24,6 +24,7 @@ pub struct Metrics {
     transferred_bytes: Counter,
     in_flight: Family<Labels, Gauge>,
     status_writes: Counter,
+    events_dropped: Counter,
 }
 
 fn phase_histogram() -> Histogram {
@@ -90,6 +91,12 @@ impl Default for Metrics {
             "Status writes to migrations",
             status_writes.clone(),
         );
+        let events_dropped = Counter::default();
+        registry.register(
+            "events_dropped",
+            "Events not published because their queue was full",
+            events_dropped.clone(),
+        );
         Self {
             registry,
             reconciliations,
@@ -101,6 +108,7 @@ impl Default for Metrics {
             transferred_bytes,
             in_flight,
             status_writes,
+            events_dropped,
         }
     }
 }
@@ -150,6 +158,11 @@ impl Metrics {
                 self.transferred_bytes.inc_by(r.data_transferred_bytes);
             }
         }
+    }
+
+    /// Counts `n` Events dropped unpublished.
+    pub fn events_dropped(&self, n: u64) {
+        self.events_dropped.inc_by(n);
     }
 
     /// Sets the number of unfinished migrations in each phase.

@@ -24,7 +24,14 @@ use crate::http::{self, Health};
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::reconcile::decide::Settings;
+use crate::reconcile::events::EventSink;
 use crate::reconcile::{self, Context, Stores};
+
+/// Tasks publishing Events: enough to keep up with hundreds of transitions
+/// a second against a busy API server, few enough not to crowd it.
+const EVENT_WORKERS: usize = 4;
+/// Batches of Events each of them may hold before new ones are dropped.
+const EVENT_QUEUE: usize = 1024;
 
 /// Field manager of the leader-election Lease.
 pub const LEASE_FIELD_MANAGER: &str = "kvmotion-controller-lease";
@@ -190,12 +197,17 @@ async fn run_controller(setup: Setup) {
         api: migrations_api(&client),
         stores: stores.clone(),
         agents: setup.agents.clone(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: kvmotion_api::CONTROLLER_MANAGER.into(),
-                instance: Some(setup.identity.clone()),
-            },
+        events: EventSink::start(
+            Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: kvmotion_api::CONTROLLER_MANAGER.into(),
+                    instance: Some(setup.identity.clone()),
+                },
+            ),
+            setup.metrics.clone(),
+            EVENT_WORKERS,
+            EVENT_QUEUE,
         ),
         settings: setup.settings.clone(),
         metrics: setup.metrics.clone(),

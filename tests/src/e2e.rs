@@ -151,6 +151,25 @@ impl Rig {
         .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
     }
 
+    /// Waits until the migration's Events include every reason in `want`
+    /// (they are published after the status write, so may trail it);
+    /// panics with the reasons recorded when they do not within 15 s.
+    pub async fn expect_events(&self, name: &str, want: &[&str]) {
+        let all_there = eventually(Duration::from_secs(15), "the events", || async {
+            let got = self.event_reasons(name);
+            want.iter()
+                .all(|w| got.iter().any(|r| r == w))
+                .then_some(())
+        })
+        .await;
+        if let Err(e) = all_there {
+            panic!(
+                "{e}: want {want:?} among the events of {name}: {:?}",
+                self.event_reasons(name)
+            );
+        }
+    }
+
     /// Event reasons recorded for the migration, oldest first.
     pub fn event_reasons(&self, name: &str) -> Vec<String> {
         let out = self.scope.kubectl(

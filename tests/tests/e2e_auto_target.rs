@@ -28,6 +28,5 @@ async fn without_a_target_the_controller_chooses_the_other_node_and_explains() {
         "{message}"
     );
     guest.beats_on("node-a", before).await;
-    let reasons = rig.event_reasons(&name);
-    assert!(reasons.iter().any(|r| r == "Scheduled"), "{reasons:?}");
+    rig.expect_events(&name, &["Scheduled"]).await;
 }

@@ -102,9 +102,5 @@ async fn setting_force_complete_finishes_a_migration_held_back_by_its_policy() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    let reasons = rig.event_reasons(&name);
-    assert!(
-        reasons.iter().any(|r| r == "Succeeded"),
-        "no Succeeded event in {reasons:?}"
-    );
+    rig.expect_events(&name, &["Succeeded"]).await;
 }

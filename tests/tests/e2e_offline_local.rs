@@ -46,6 +46,5 @@ async fn an_offline_migration_moves_a_shut_off_vm_and_its_local_disk() {
         sum,
         "the disk differs after the move"
     );
-    let reasons = rig.event_reasons(&name);
-    assert!(reasons.iter().any(|r| r == "Succeeded"), "{reasons:?}");
+    rig.expect_events(&name, &["Succeeded"]).await;
 }

@@ -79,11 +79,7 @@ async fn over_the_limit_migrations_wait_and_start_in_creation_order() {
         );
     }
     for n in &names[1..] {
-        let reasons = rig.event_reasons(n);
-        assert!(
-            reasons.iter().any(|r| r == "WaitingForCapacity"),
-            "{n}: {reasons:?}"
-        );
+        rig.expect_events(n, &["WaitingForCapacity"]).await;
     }
     for g in &guests {
         assert!(g.last_beat("node-b").is_some(), "{} runs on node-b", g.name);

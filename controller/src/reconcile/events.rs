@@ -4,9 +4,13 @@
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kvmotion_api::{ConditionType as C, Phase, VirtualMachineMigrationStatus as Status};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
 use tracing::warn;
 
 use super::conditions;
+use crate::metrics::Metrics;
 
 /// One event to publish.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +146,66 @@ pub async fn publish(recorder: &Recorder, reference: &ObjectReference, notes: Ve
     }
 }
 
+/// Notes about one migration, queued for publishing.
+type Batch = (ObjectReference, Vec<Note>);
+
+/// Publishes Events off the reconcile path: a reconcile hands its notes
+/// over and returns, so a slow API server delays Events, not migrations.
+/// A migration's notes always go to the same worker, which keeps them in
+/// order; when a worker's queue is full the notes are dropped and counted,
+/// as losing an Event is better than stalling reconciles behind it.
+#[derive(Clone)]
+pub struct EventSink {
+    workers: Vec<mpsc::Sender<Batch>>,
+    metrics: Arc<Metrics>,
+}
+
+impl EventSink {
+    /// Starts `workers` publishing tasks, each with a queue of `capacity`
+    /// batches; they stop once every clone of the sink is dropped.
+    pub fn start(
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        workers: usize,
+        capacity: usize,
+    ) -> EventSink {
+        let workers = (0..workers.max(1))
+            .map(|_| {
+                let (tx, mut rx) = mpsc::channel::<Batch>(capacity.max(1));
+                let recorder = recorder.clone();
+                tokio::spawn(async move {
+                    while let Some((reference, notes)) = rx.recv().await {
+                        publish(&recorder, &reference, notes).await;
+                    }
+                });
+                tx
+            })
+            .collect();
+        EventSink { workers, metrics }
+    }
+
+    /// Queues `notes` about `reference` without waiting.
+    pub fn send(&self, reference: ObjectReference, notes: Vec<Note>) {
+        if notes.is_empty() {
+            return;
+        }
+        let key = reference.uid.as_deref().unwrap_or_default();
+        let worker = &self.workers[shard(key, self.workers.len())];
+        let count = notes.len() as u64;
+        if let Err(e) = worker.try_send((reference, notes)) {
+            self.metrics.events_dropped(count);
+            warn!(error = %e, dropped = count, "event queue full; events dropped");
+        }
+    }
+}
+
+/// The worker of the object with UID `uid`, among `n`.
+fn shard(uid: &str, n: usize) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(uid, &mut h);
+    (std::hash::Hasher::finish(&h) % n as u64) as usize
+}
+
 #[cfg(test)]
 #[allow(clippy::type_complexity)]
 mod tests {
@@ -212,5 +276,65 @@ mod tests {
                 want.into_iter().map(|(w, r)| (w, r.to_string())).collect();
             assert_eq!(got, want, "{name}");
         }
+    }
+
+    fn note(reason: &str) -> Note {
+        Note {
+            warning: false,
+            reason: reason.into(),
+            message: reason.into(),
+        }
+    }
+
+    #[test]
+    fn a_migration_always_goes_to_the_same_worker() {
+        for uid in ["", "a", "0c6f3e0e-5b7e-4a8e-9a53-1d1b2c3d4e5f"] {
+            for n in [1, 2, 4, 7] {
+                let w = shard(uid, n);
+                assert!(w < n);
+                assert_eq!(w, shard(uid, n), "{uid} {n}");
+            }
+        }
+        let used: std::collections::HashSet<usize> =
+            (0..64).map(|i| shard(&format!("uid-{i}"), 4)).collect();
+        assert_eq!(used.len(), 4, "UIDs spread over every worker");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_events_and_counts_them_instead_of_waiting() {
+        // An API server that accepts connections and never answers: the
+        // one worker stays busy with the first batch.
+        let stuck = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", stuck.local_addr().expect("addr"));
+        let config = kube::Config::new(url.parse().expect("url"));
+        let client = kube::Client::try_from(config).expect("client");
+        let recorder = Recorder::new(
+            client,
+            kube::runtime::events::Reporter {
+                controller: "test".into(),
+                instance: None,
+            },
+        );
+        let metrics = Arc::new(Metrics::default());
+        let sink = EventSink::start(recorder, metrics.clone(), 1, 1);
+        let reference = ObjectReference {
+            uid: Some("u".into()),
+            ..Default::default()
+        };
+        let started = std::time::Instant::now();
+        for i in 0..5 {
+            sink.send(reference.clone(), vec![note(&format!("R{i}"))]);
+            tokio::task::yield_now().await;
+        }
+        sink.send(reference.clone(), vec![]);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        // One batch in the worker at most, one queued: three or more lost.
+        let dropped = metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix("kvmotion_controller_events_dropped_total "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .expect("the dropped counter");
+        assert!((3..=4).contains(&dropped), "{dropped}");
     }
 }

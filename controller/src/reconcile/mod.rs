@@ -22,7 +22,6 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::controller::Action;
-use kube::runtime::events::Recorder;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kvmotion_api::client::AgentClient;
@@ -62,8 +61,8 @@ pub struct Context {
     pub stores: Stores,
     /// Client of the agents' API.
     pub agents: AgentClient,
-    /// Publishes Events.
-    pub recorder: Recorder,
+    /// Publishes Events, off the reconcile path.
+    pub events: events::EventSink,
     /// Timing.
     pub settings: Settings,
     /// Metrics.
@@ -352,7 +351,7 @@ async fn record(
         ctx.wake_waiting(per_cluster);
     }
     let notes = events::notes(&obs.status, &d.status);
-    events::publish(&ctx.recorder, &reference(obj), notes).await;
+    ctx.events.send(reference(obj), notes);
     Ok(())
 }
 
