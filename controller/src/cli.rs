@@ -76,10 +76,12 @@ pub struct Args {
     #[arg(long, env = "KVMOTION_MIGRATION_SELECTOR")]
     pub migration_selector: Option<String>,
 
-    /// Reconciles run at once, at most. Bounds memory and keeps each
-    /// reconcile quick when thousands of migrations arrive together; a
-    /// running job is watched outside this bound.
-    #[arg(long, env = "KVMOTION_MAX_CONCURRENT_RECONCILES", default_value_t = 16,
+    /// Reconciles run at once, at most. A reconcile spends most of its time
+    /// waiting on the API server, and more of them at once only queue
+    /// there: throughput stays the same while each takes longer (see the
+    /// README's benchmarks). Raise it when agents answer slowly; a running
+    /// job is watched outside this bound.
+    #[arg(long, env = "KVMOTION_MAX_CONCURRENT_RECONCILES", default_value_t = 2,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_reconciles: u16,
 

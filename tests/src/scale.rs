@@ -30,6 +30,8 @@ pub struct ScaleSpec {
     pub job: Duration,
     /// Give up after this long.
     pub deadline: Duration,
+    /// Extra controller flags.
+    pub controller_args: Vec<String>,
 }
 
 /// What happened.
@@ -51,6 +53,8 @@ pub struct ScaleReport {
     pub cpu: Duration,
     /// Status writes the controller made.
     pub status_writes: f64,
+    /// Events the controller dropped because its queue was full.
+    pub events_dropped: f64,
     /// Reconciles the controller ran.
     pub reconciles: f64,
     /// 99th percentile of reconcile duration, from its histogram.
@@ -101,7 +105,8 @@ pub async fn run(test: &str, spec: &ScaleSpec) -> ScaleReport {
         ),
     );
     assert!(out.ok, "creating the policy: {}", out.stderr);
-    let controller = start_controller(&scope, "scale", &[]);
+    let args: Vec<&str> = spec.controller_args.iter().map(String::as_str).collect();
+    let controller = start_controller(&scope, "scale", &args);
     controller.wait_ready().await;
 
     let api: Api<DynamicObject> = Api::all_with(
@@ -237,6 +242,7 @@ pub async fn run(test: &str, spec: &ScaleSpec) -> ScaleReport {
         peak_rss_bytes: controller.peak_rss_bytes().unwrap_or(0),
         cpu: controller.cpu_time().unwrap_or_default(),
         status_writes: sum_series(&metrics, "kvmotion_controller_status_writes_total"),
+        events_dropped: sum_series(&metrics, "kvmotion_controller_events_dropped_total"),
         reconciles: sum_series(&metrics, "kvmotion_controller_reconciliations_total"),
         reconcile_p99: Duration::from_secs_f64(p99),
         reconcile_p50: Duration::from_secs_f64(p50),

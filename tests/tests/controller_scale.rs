@@ -9,6 +9,9 @@ use kvmotion_tests::scale::{ScaleSpec, run};
 #[tokio::test]
 async fn sixty_migrations_over_six_nodes_all_succeed_within_the_limits() {
     let spec = ScaleSpec {
+        // Well above the default, to prove capacity stays atomic when many
+        // migrations are reconciled at once.
+        controller_args: vec!["--max-concurrent-reconciles=16".into()],
         migrations: 60,
         nodes: 6,
         limits: (5, 2, 2),

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use kvmotion_tests::bench::merge_report;
-use kvmotion_tests::scale::{ScaleSpec, run};
+use kvmotion_tests::scale::{ScaleReport, ScaleSpec, run};
 use serde_json::json;
 
 #[tokio::main]
@@ -15,6 +15,7 @@ async fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(1000);
     let spec = ScaleSpec {
+        controller_args: Vec::new(),
         migrations,
         nodes: 20,
         limits: (50, 10, 10),
@@ -32,6 +33,7 @@ async fn main() {
             "scale_peak_rss_mib": r.peak_rss_bytes as f64 / (1 << 20) as f64,
             "scale_status_writes_per_s": r.status_writes / secs,
             "scale_status_writes": r.status_writes,
+            "scale_events_dropped": r.events_dropped,
             "scale_reconciles": r.reconciles,
             "scale_reconcile_p50_ms": r.reconcile_p50.as_secs_f64() * 1000.0,
             "scale_reconcile_p99_ms": r.reconcile_p99.as_secs_f64() * 1000.0,
@@ -51,4 +53,29 @@ async fn main() {
         eprintln!("not succeeded: {:?}", r.not_succeeded);
         std::process::exit(1);
     }
+
+    // The same run with more reconciles at once, side by side: where the
+    // default comes from.
+    let mut sweep = vec![point("default (2)", &r)];
+    for n in [4, 8, 16] {
+        let spec = ScaleSpec {
+            controller_args: vec![format!("--max-concurrent-reconciles={n}")],
+            ..spec.clone()
+        };
+        let r = run(&format!("bench-scale-c{n}"), &spec).await;
+        sweep.push(point(&n.to_string(), &r));
+    }
+    merge_report("controller.json", json!({"scale_concurrency_sweep": sweep}));
+}
+
+/// One row of the concurrency sweep.
+fn point(max_concurrent_reconciles: &str, r: &ScaleReport) -> serde_json::Value {
+    json!({
+        "max_concurrent_reconciles": max_concurrent_reconciles,
+        "succeeded": r.succeeded,
+        "reconcile_p50_ms": r.reconcile_p50.as_secs_f64() * 1000.0,
+        "reconcile_p99_ms": r.reconcile_p99.as_secs_f64() * 1000.0,
+        "migrations_per_s": r.migrations as f64 / r.wall.as_secs_f64(),
+        "controller_cpu_s": r.cpu.as_secs_f64(),
+    })
 }
