@@ -10,6 +10,7 @@ pub mod e2e;
 pub mod fleet;
 pub mod http;
 pub mod lab;
+pub mod plugin;
 pub mod scale;
 pub mod scope;
 

@@ -1,0 +1,121 @@
+//! Following one migration through a watch until it ends or is gone.
+
+use std::pin::pin;
+
+use futures::StreamExt;
+use kube::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kvmotion_api::{Phase, VirtualMachineMigration};
+
+use crate::error::Error;
+use crate::exit::Outcome;
+use crate::format::progress::progress_line;
+use crate::format::summary;
+use crate::output::Output;
+
+/// Watch errors in a row tolerated (the watcher backs off between them)
+/// before giving up: an apiserver restart is survived, a lost permission
+/// is not waited on forever.
+const MAX_WATCH_ERRORS: u32 = 8;
+
+/// When to stop following.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Until {
+    /// At a terminal phase.
+    Ended,
+    /// When the object is deleted (a cancelled migration is kept until its
+    /// job is stopped).
+    Gone,
+}
+
+/// How following ended.
+#[derive(Debug)]
+pub enum Ending {
+    /// The migration reached a terminal phase.
+    Ended(Box<VirtualMachineMigration>),
+    /// It was deleted; its last state, if the watch saw one.
+    Gone(Option<Box<VirtualMachineMigration>>),
+}
+
+/// Watches migration `name`, showing its progress line on every change.
+pub async fn watch(
+    api: &Api<VirtualMachineMigration>,
+    name: &str,
+    until: Until,
+    out: &mut Output,
+) -> Result<Ending, Error> {
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = pin!(watcher::watcher(api.clone(), config).default_backoff());
+    let mut last = None;
+    let mut listed = false;
+    let mut errors = 0;
+    while let Some(event) = events.next().await {
+        let m = match event {
+            Err(source) => {
+                errors += 1;
+                if errors >= MAX_WATCH_ERRORS {
+                    let name = name.to_string();
+                    return Err(Error::FollowMigration { name, source });
+                }
+                continue;
+            }
+            Ok(Event::Init) => {
+                errors = 0;
+                listed = false;
+                continue;
+            }
+            // A (re)list without the object: it was deleted meanwhile.
+            Ok(Event::InitDone) if !listed => return Ok(Ending::Gone(last)),
+            Ok(Event::InitDone) => continue,
+            Ok(Event::Delete(m)) => return Ok(Ending::Gone(Some(Box::new(m)))),
+            Ok(Event::Apply(m) | Event::InitApply(m)) => {
+                errors = 0;
+                listed = true;
+                m
+            }
+        };
+        let ended = m
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .is_some_and(Phase::is_terminal);
+        if ended && until == Until::Ended {
+            return Ok(Ending::Ended(Box::new(m)));
+        }
+        // The terminal phase is reported by the caller's summary.
+        if !ended {
+            out.progress(&progress_line(&m))?;
+        }
+        last = Some(Box::new(m));
+    }
+    Err(Error::WatchEnded {
+        name: name.to_string(),
+    })
+}
+
+/// Follows migration `name` to its end and reports how it ended: the
+/// result on stdout after a success, the reason on stderr otherwise.
+pub async fn follow(
+    api: &Api<VirtualMachineMigration>,
+    name: &str,
+    out: &mut Output,
+) -> Result<Outcome, Error> {
+    let (text, phase) = match watch(api, name, Until::Ended, out).await? {
+        Ending::Ended(m) => (
+            summary::outcome(&m),
+            m.status.as_ref().and_then(|s| s.phase),
+        ),
+        Ending::Gone(last) => {
+            let last = last.as_deref();
+            let phase = last.and_then(|m| m.status.as_ref()?.phase);
+            (summary::gone(name, last), phase.filter(|p| p.is_terminal()))
+        }
+    };
+    let outcome = super::outcome_of(phase);
+    match outcome {
+        Outcome::Done => out.line(&text)?,
+        Outcome::Failed | Outcome::Cancelled => out.error_line(&text)?,
+    }
+    Ok(outcome)
+}
