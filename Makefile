@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 CP := tests/control-plane
 
-.PHONY: help deps build crds crds-check manifests chart-lint lint unit test integration \
+.PHONY: help deps build crds crds-check manifests chart-lint lint unit test demo demo-down integration \
         bench-agent bench control-plane-build control-plane-up control-plane-down lab-up \
         lab-down clean
 
@@ -45,14 +45,18 @@ integration: ## Integration tests against the real control plane (started if nee
 # running; what this target started it stops, whatever the result.
 test: lint ## Lint, unit, integration and lab tests: what CI runs
 	@$(CP)/build.sh
-	@cp_up=false; lab_up=false; \
-	  if [ -f target/control-plane/kubeconfig ] && $(CP)/up.sh >/dev/null 2>&1; then cp_up=true; fi; \
-	  if tests/lab/lab.sh status 2>/dev/null | grep -q 'libvirtd pid'; then lab_up=true; fi; \
-	  $(CP)/up.sh && tests/lab/lab.sh up && \
-	  $(CARGO) test --workspace --no-fail-fast; rc=$$?; \
-	  $$lab_up || tests/lab/lab.sh down; \
-	  $$cp_up || $(CP)/down.sh; \
-	  exit $$rc
+	@tests/with-lab.sh $(CARGO) test --workspace --no-fail-fast
+
+# KEEP=1 leaves the control plane, the lab, the agents, the controller and
+# the guest running; `make demo-down` stops them.
+demo: deps ## Live-migrate a lab guest, shown by `kubectl migrate --wait` (KEEP=1: leave it running)
+	@$(CP)/build.sh
+	@tests/with-lab.sh $(CARGO) run -q -p kvmotion-tests --bin demo
+
+demo-down: ## Stop what `make demo KEEP=1` left running: processes, guest, lab, control plane
+	@if [ -f target/demo/pids ]; then kill $$(cat target/demo/pids) 2>/dev/null || true; rm -f target/demo/pids; fi
+	@tests/lab/lab.sh down
+	@$(CP)/down.sh
 
 bench-agent: ## Agent vs virsh on the lab; writes target/bench/agent.json
 	@$(CP)/up.sh && tests/lab/lab.sh up && \

@@ -128,6 +128,11 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Starts the agent of `node`, inside the node's namespaces.
     pub async fn start(node: &str, label: &str, extra: &[&str]) -> AgentProcess {
         lab::lab_up();

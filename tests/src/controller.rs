@@ -60,6 +60,11 @@ pub fn free_port() -> u16 {
 }
 
 impl ControllerProcess {
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Starts a controller with its own Lease `lease` and identity; `extra`
     /// flags are appended.
     pub fn start(

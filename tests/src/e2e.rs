@@ -126,29 +126,9 @@ impl Rig {
     }
 
     async fn wait_listed(&self, node: &str, vm: &str, only_there: bool) {
-        let api: Api<Hypervisor> = Api::all(self.scope.cp.client().await);
-        eventually(
-            Duration::from_secs(30),
-            &format!("{vm} in {node}'s inventory"),
-            || async {
-                let all = api.list(&Default::default()).await.ok()?;
-                let holders: Vec<&str> = all
-                    .items
-                    .iter()
-                    .filter(|h| {
-                        h.status
-                            .as_ref()
-                            .is_some_and(|s| s.domains.iter().any(|d| d.name == vm))
-                    })
-                    .filter_map(|h| h.metadata.name.as_deref())
-                    .collect();
-                let here = holders.contains(&node);
-                let elsewhere = holders.iter().any(|h| *h != node);
-                (here && !(only_there && elsewhere)).then_some(())
-            },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
+        wait_listed(self.scope.cp.client().await, node, vm, only_there)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()));
     }
 
     /// Waits until the migration's Events include every reason in `want`
@@ -228,6 +208,38 @@ pub fn start_controller(scope: &Scope, identity: &str, extra: &[&str]) -> Contro
         &scope.name(identity),
         &args,
     )
+}
+
+/// Waits up to 30 s until `vm` is in `node`'s Hypervisor inventory and,
+/// with `only_there`, in no other.
+pub async fn wait_listed(
+    client: kube::Client,
+    node: &str,
+    vm: &str,
+    only_there: bool,
+) -> anyhow::Result<()> {
+    let api: Api<Hypervisor> = Api::all(client);
+    eventually(
+        Duration::from_secs(30),
+        &format!("{vm} in {node}'s inventory"),
+        || async {
+            let all = api.list(&Default::default()).await.ok()?;
+            let holders: Vec<&str> = all
+                .items
+                .iter()
+                .filter(|h| {
+                    h.status
+                        .as_ref()
+                        .is_some_and(|s| s.domains.iter().any(|d| d.name == vm))
+                })
+                .filter_map(|h| h.metadata.name.as_deref())
+                .collect();
+            let here = holders.contains(&node);
+            let elsewhere = holders.iter().any(|h| *h != node);
+            (here && !(only_there && elsewhere)).then_some(())
+        },
+    )
+    .await
 }
 
 /// The migration object.

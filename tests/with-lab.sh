@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs a command with the test control plane and the two-node lab up, then
+# stops whichever of them it started. With KEEP set (non-empty, not 0) both
+# stay up. Usage: tests/with-lab.sh COMMAND [ARGS...]
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/control-plane/lib.sh"
+
+cp_was_up=false; lab_was_up=false
+if [ -f "$CP_STATE/kubeconfig" ] && [ -x "$KUBE_BIN/kubectl" ] &&
+  "$KUBE_BIN/kubectl" --kubeconfig "$CP_STATE/kubeconfig" --request-timeout=3s \
+    get --raw /readyz >/dev/null 2>&1; then
+  cp_was_up=true
+fi
+if "$here/lab/lab.sh" status 2>/dev/null | grep -q 'libvirtd pid'; then lab_was_up=true; fi
+
+"$here/control-plane/up.sh" && "$here/lab/lab.sh" up && "$@"
+rc=$?
+case "${KEEP:-}" in
+  "" | 0)
+    $lab_was_up || "$here/lab/lab.sh" down
+    $cp_was_up || "$here/control-plane/down.sh" ;;
+esac
+exit $rc
