@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod chart;
 pub mod control_plane;
 pub mod controller;
 pub mod e2e;
