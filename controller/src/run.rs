@@ -133,9 +133,20 @@ struct Setup {
     concurrency: u16,
 }
 
-/// Starts a watch cache of `api` and returns it once filled; `changed`,
-/// if given, is signalled on every change.
-async fn cache<K>(api: Api<K>, changed: Option<Arc<tokio::sync::Notify>>) -> Store<K>
+/// A task of one leadership term. The term's future is dropped when the
+/// Lease is lost or the process stops, and its tasks must go with it: a
+/// standby must not keep watching, counting or holding the caches.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts a watch cache of `api` and returns it once filled, with the task
+/// feeding it; `changed`, if given, is signalled on every change.
+async fn cache<K>(api: Api<K>, changed: Option<Arc<tokio::sync::Notify>>) -> (Store<K>, AbortOnDrop)
 where
     K: kube::Resource
         + Clone
@@ -151,16 +162,16 @@ where
         writer,
         watcher(api, watcher::Config::default()).default_backoff(),
     );
-    tokio::spawn(stream.for_each(move |_| {
+    let feed = AbortOnDrop(tokio::spawn(stream.for_each(move |_| {
         if let Some(c) = &changed {
             c.notify_one();
         }
         futures::future::ready(())
-    }));
+    })));
     if store.wait_until_ready().await.is_err() {
         warn!("a watch cache closed before it was ready");
     }
-    store
+    (store, feed)
 }
 
 async fn run_controller(setup: Setup) {
@@ -168,7 +179,7 @@ async fn run_controller(setup: Setup) {
     let client = setup.client.clone();
     let resource = ApiResource::erase::<VirtualMachineMigration>(&());
     let policy_changed = Arc::new(tokio::sync::Notify::new());
-    let (hypervisors, policies, leases) = tokio::join!(
+    let ((hypervisors, hv_feed), (policies, policy_feed), (leases, lease_feed)) = tokio::join!(
         cache(Api::<Hypervisor>::all(client.clone()), None),
         cache(
             Api::<MigrationPolicy>::all(client.clone()),
@@ -220,7 +231,7 @@ async fn run_controller(setup: Setup) {
     });
     // A policy edit may raise a limit: waiting migrations look again now
     // rather than at their next recheck.
-    let policy_wakes = tokio::spawn({
+    let policy_wakes = AbortOnDrop(tokio::spawn({
         let ctx = ctx.clone();
         async move {
             loop {
@@ -228,8 +239,15 @@ async fn run_controller(setup: Setup) {
                 ctx.wake_waiting(u32::MAX);
             }
         }
-    });
-    let gauges = tokio::spawn(count_in_flight(ctx.clone(), setup.metrics.clone()));
+    }));
+    let gauges = AbortOnDrop(tokio::spawn(count_in_flight(
+        ctx.clone(),
+        setup.metrics.clone(),
+    )));
+    // Locals drop in reverse order: the tasks are aborted, then the gauges
+    // zeroed, so a standby never reports migrations in flight.
+    let _zero = ZeroInFlight(setup.metrics.clone());
+    let _term = (hv_feed, policy_feed, lease_feed, policy_wakes, gauges);
     controller
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|res| async move {
@@ -238,8 +256,20 @@ async fn run_controller(setup: Setup) {
             }
         })
         .await;
-    gauges.abort();
-    policy_wakes.abort();
+}
+
+/// Zeroes the in-flight gauges when a leadership term ends.
+struct ZeroInFlight(Arc<Metrics>);
+
+impl Drop for ZeroInFlight {
+    fn drop(&mut self) {
+        let zeros: Vec<(Phase, i64)> = Phase::ALL
+            .iter()
+            .filter(|p| !p.is_terminal())
+            .map(|p| (*p, 0))
+            .collect();
+        self.0.set_in_flight(&zeros);
+    }
 }
 
 /// Keeps the in-flight gauges current from the migration summaries.
@@ -297,5 +327,36 @@ async fn shutdown_signal() {
             // Without signal handlers, only Ctrl-C can stop the process.
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_term_task_is_aborted_when_its_guard_goes() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let guard = AbortOnDrop(tokio::spawn(async move {
+            let _tx = tx;
+            std::future::pending::<()>().await;
+        }));
+        drop(guard);
+        // The sender is dropped with the aborted task.
+        assert!(rx.await.is_err());
+    }
+
+    #[test]
+    fn the_in_flight_gauges_read_zero_once_a_term_ends() {
+        let metrics = Arc::new(Metrics::default());
+        metrics.set_in_flight(&[(Phase::Migrating, 3), (Phase::Pending, 7)]);
+        drop(ZeroInFlight(metrics.clone()));
+        let page = metrics.render();
+        let series: Vec<&str> = page
+            .lines()
+            .filter(|l| l.starts_with("kvmotion_controller_migrations_in_flight{"))
+            .collect();
+        assert!(!series.is_empty());
+        assert!(series.iter().all(|l| l.ends_with(" 0")), "{series:?}");
     }
 }

@@ -136,7 +136,7 @@ pub async fn publish(recorder: &Recorder, reference: &ObjectReference, notes: Ve
                 EventType::Normal
             },
             reason: n.reason,
-            note: Some(n.message.chars().take(1000).collect()),
+            note: Some(clip(&n.message, NOTE_MAX_BYTES).to_string()),
             action: "Reconcile".into(),
             secondary: None,
         };
@@ -144,6 +144,18 @@ pub async fn publish(recorder: &Recorder, reference: &ObjectReference, notes: Ve
             warn!(error = %e, "could not publish an event");
         }
     }
+}
+
+/// The API server refuses an Event whose note is longer than 1 KiB.
+const NOTE_MAX_BYTES: usize = 1024;
+
+/// The longest prefix of `s` within `max` bytes that ends on a character.
+fn clip(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Notes about one migration, queued for publishing.
@@ -284,6 +296,15 @@ mod tests {
             reason: reason.into(),
             message: reason.into(),
         }
+    }
+
+    #[test]
+    fn notes_are_clipped_to_the_api_limit_in_bytes_on_a_character_boundary() {
+        assert_eq!(clip("short", 1024), "short");
+        let long = "é".repeat(600); // 1,200 bytes
+        let clipped = clip(&long, NOTE_MAX_BYTES);
+        assert_eq!(clipped.len(), 1024);
+        assert_eq!(clip("aé", 2), "a", "never splits a character");
     }
 
     #[test]

@@ -199,7 +199,8 @@ impl Context {
         }
         let (ctx, uid, name) = (self.clone(), obs.uid.clone(), obs.name.clone());
         tokio::spawn(async move {
-            loop {
+            // The receiver goes when the leadership term ends: stop then.
+            while !ctx.wake.is_closed() {
                 let answer = ctx
                     .agents
                     .status(&source.url, &uid, Some(Duration::from_secs(25)))
