@@ -54,19 +54,24 @@ pub async fn watch(
         let m = match event {
             Err(source) => {
                 errors += 1;
-                if errors >= MAX_WATCH_ERRORS {
+                if errors >= MAX_WATCH_ERRORS || refused(&source) {
                     let name = name.to_string();
                     return Err(Error::FollowMigration { name, source });
                 }
                 continue;
             }
+            // Not a sign of health: the watcher starts every relist so,
+            // including those that then fail.
             Ok(Event::Init) => {
-                errors = 0;
                 listed = false;
                 continue;
             }
             // A (re)list without the object: it was deleted meanwhile.
             Ok(Event::InitDone) if !listed => return Ok(Ending::Gone(last)),
+            Ok(Event::InitDone) if errors > 0 => {
+                errors = 0;
+                continue;
+            }
             Ok(Event::InitDone) => continue,
             Ok(Event::Delete(m)) => return Ok(Ending::Gone(Some(Box::new(m)))),
             Ok(Event::Apply(m) | Event::InitApply(m)) => {
@@ -94,6 +99,19 @@ pub async fn watch(
     })
 }
 
+/// The API server refused the list or watch for good: no credentials, no
+/// permission, or no such resource. Retrying cannot help.
+fn refused(e: &watcher::Error) -> bool {
+    let code = match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code,
+        watcher::Error::WatchError(s) => s.code,
+        _ => return false,
+    };
+    matches!(code, 401 | 403 | 404)
+}
+
 /// Follows migration `name` to its end and reports how it ended: the
 /// result on stdout after a success, the reason on stderr otherwise.
 pub async fn follow(
@@ -118,4 +136,36 @@ pub async fn follow(
         Outcome::Failed | Outcome::Cancelled => out.error_line(&text)?,
     }
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    fn api(code: u16) -> kube::Error {
+        kube::Error::Api(Status::failure("no", "Test").with_code(code).boxed())
+    }
+
+    #[test]
+    fn only_a_lasting_refusal_stops_following_at_once() {
+        let cases = [
+            (watcher::Error::InitialListFailed(api(403)), true),
+            (watcher::Error::InitialListFailed(api(401)), true),
+            (watcher::Error::WatchStartFailed(api(404)), true),
+            (watcher::Error::WatchFailed(api(403)), true),
+            (
+                watcher::Error::WatchError(
+                    Status::failure("gone", "Expired").with_code(410).boxed(),
+                ),
+                false,
+            ),
+            (watcher::Error::InitialListFailed(api(500)), false),
+            (watcher::Error::InitialListFailed(api(429)), false),
+            (watcher::Error::NoResourceVersion, false),
+        ];
+        for (e, want) in cases {
+            assert_eq!(refused(&e), want, "{e}");
+        }
+    }
 }
