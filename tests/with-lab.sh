@@ -14,11 +14,29 @@ if [ -f "$CP_STATE/kubeconfig" ] && [ -x "$KUBE_BIN/kubectl" ] &&
 fi
 if "$here/lab/lab.sh" status 2>/dev/null | grep -q 'libvirtd pid'; then lab_was_up=true; fi
 
+# A demo left running (make demo KEEP=1) owns the lab's agents and ports.
+pids=$REPO_ROOT/target/demo/pids
+demo_alive=false
+if [ -f "$pids" ]; then
+  for pid in $(cat "$pids"); do kill -0 "$pid" 2>/dev/null && demo_alive=true; done
+fi
+if $demo_alive; then
+  echo "a demo left running by 'make demo KEEP=1' holds the lab: run 'make demo-down' first" >&2
+  exit 1
+fi
+
+teardown() {
+  case "${KEEP:-}" in
+    "" | 0)
+      $lab_was_up || "$here/lab/lab.sh" down
+      $cp_was_up || "$here/control-plane/down.sh" ;;
+  esac
+}
+# Ctrl-C stops the command (same process group) and still tears down.
+trap 'teardown; exit 130' INT TERM
+
 "$here/control-plane/up.sh" && "$here/lab/lab.sh" up && "$@"
 rc=$?
-case "${KEEP:-}" in
-  "" | 0)
-    $lab_was_up || "$here/lab/lab.sh" down
-    $cp_was_up || "$here/control-plane/down.sh" ;;
-esac
+trap - INT TERM
+teardown
 exit $rc

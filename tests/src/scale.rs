@@ -269,29 +269,11 @@ pub fn slow_reconciles(log: &str) -> (usize, u64) {
         .lines()
         .filter(|l| l.contains("slow reconcile"))
         .map(|l| {
-            let l = strip_ansi(l);
+            let l = crate::strip_ansi(l);
             field(&l, "read_ms") + field(&l, "act_ms")
         })
         .collect();
     (slow.len(), slow.into_iter().max().unwrap_or(0))
-}
-
-/// A log line without its colour escapes.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for e in chars.by_ref() {
-                if e.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn is_terminal(phase: &str) -> bool {

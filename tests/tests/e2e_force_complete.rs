@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use kvmotion_tests::e2e::{Rig, condition, phases};
-use kvmotion_tests::eventually;
+use kvmotion_tests::e2e::{Rig, condition, migration, phases};
 use kvmotion_tests::lab::{Guest, GuestSpec, exclusive};
+use kvmotion_tests::{eventually, strip_ansi};
 use serde_json::json;
 
 /// How long the test watches the held-back migration before forcing it.
@@ -81,8 +81,20 @@ async fn setting_force_complete_finishes_a_migration_held_back_by_its_policy() {
         status["policy"]["tuning"]["postCopy"], false,
         "the override held: {status:#}"
     );
-    // Without post-copy, forcing pauses the guest for the last copy; it
-    // resumes on the target within the same boot.
+    // Without post-copy, forcing pauses the guest for the last copy (and
+    // with every timeout off, nothing else would); it resumes on the
+    // target within the same boot.
+    let uid = migration(&rig.scope, &name)
+        .await
+        .and_then(|m| m.metadata.uid)
+        .expect("the migration's uid");
+    let source_log = strip_ansi(&std::fs::read_to_string(&rig.agents.a.log).unwrap_or_default());
+    assert!(
+        source_log.lines().any(|l| l.contains("convergence action")
+            && l.contains(&uid)
+            && l.contains("action=Pause")),
+        "no forced pause in the source agent's log:\n{source_log}"
+    );
     guest.beats_on("node-b", before).await;
     assert_eq!(
         guest.state("node-a"),

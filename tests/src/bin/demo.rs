@@ -1,7 +1,7 @@
 //! `make demo`: a guest on the two-node lab, agents and controller under
 //! their own service accounts on the local control plane, and one live
 //! migration followed with `kubectl migrate --wait`. With `KEEP=1` it all
-//! stays up until Ctrl-C.
+//! stays up after the program ends, until `make demo-down`.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -76,10 +76,12 @@ async fn main() -> ExitCode {
         Ok(s) => {
             eprintln!("the migration did not succeed ({s}); controller log:");
             eprintln!("{}", controller.log_text());
+            forget_migrations(&client).await;
             return ExitCode::FAILURE;
         }
         Err(e) => {
             eprintln!("running kubectl-migrate: {e}");
+            forget_migrations(&client).await;
             return ExitCode::FAILURE;
         }
     }
