@@ -32,6 +32,9 @@ use crate::reconcile::{self, Context, Stores};
 const EVENT_WORKERS: usize = 4;
 /// Batches of Events each of them may hold before new ones are dropped.
 const EVENT_QUEUE: usize = 1024;
+/// How long a stopping controller waits for queued Events, well inside a
+/// pod's termination grace period.
+const EVENT_FLUSH: Duration = Duration::from_secs(5);
 
 /// Field manager of the leader-election Lease.
 pub const LEASE_FIELD_MANAGER: &str = "kvmotion-controller-lease";
@@ -90,9 +93,22 @@ pub async fn run(args: Args) -> Result<(), Error> {
         metrics: metrics.clone(),
         settings: args.settings(),
         agent_namespace: args.agent_namespace.clone(),
-        identity: args.identity(),
         selector: args.migration_selector.clone(),
         concurrency: args.max_concurrent_reconciles,
+        // One sink for the process: Events queued in a term that ended are
+        // still published, and flushed before the process exits.
+        events: EventSink::start(
+            Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: kvmotion_api::CONTROLLER_MANAGER.into(),
+                    instance: Some(args.identity()),
+                },
+            ),
+            metrics.clone(),
+            EVENT_WORKERS,
+            EVENT_QUEUE,
+        ),
     };
     let lease = LeaseConfig {
         namespace: args.lease_namespace.clone(),
@@ -105,6 +121,9 @@ pub async fn run(args: Args) -> Result<(), Error> {
         run_controller(setup.clone())
     })
     .await;
+    if !setup.events.flush(EVENT_FLUSH).await {
+        warn!("stopping with Events still unpublished");
+    }
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(e),
@@ -128,9 +147,9 @@ struct Setup {
     metrics: Arc<Metrics>,
     settings: Settings,
     agent_namespace: String,
-    identity: String,
     selector: Option<String>,
     concurrency: u16,
+    events: EventSink,
 }
 
 /// A task of one leadership term. The term's future is dropped when the
@@ -208,18 +227,7 @@ async fn run_controller(setup: Setup) {
         api: migrations_api(&client),
         stores: stores.clone(),
         agents: setup.agents.clone(),
-        events: EventSink::start(
-            Recorder::new(
-                client.clone(),
-                Reporter {
-                    controller: kvmotion_api::CONTROLLER_MANAGER.into(),
-                    instance: Some(setup.identity.clone()),
-                },
-            ),
-            setup.metrics.clone(),
-            EVENT_WORKERS,
-            EVENT_QUEUE,
-        ),
+        events: setup.events.clone(),
         settings: setup.settings.clone(),
         metrics: setup.metrics.clone(),
         failures: Default::default(),

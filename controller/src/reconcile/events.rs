@@ -5,6 +5,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kvmotion_api::{ConditionType as C, Phase, VirtualMachineMigrationStatus as Status};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -170,6 +171,8 @@ type Batch = (ObjectReference, Vec<Note>);
 pub struct EventSink {
     workers: Vec<mpsc::Sender<Batch>>,
     metrics: Arc<Metrics>,
+    /// Batches queued or being published.
+    pending: Arc<AtomicUsize>,
 }
 
 impl EventSink {
@@ -181,19 +184,39 @@ impl EventSink {
         workers: usize,
         capacity: usize,
     ) -> EventSink {
+        let pending = Arc::new(AtomicUsize::new(0));
         let workers = (0..workers.max(1))
             .map(|_| {
                 let (tx, mut rx) = mpsc::channel::<Batch>(capacity.max(1));
-                let recorder = recorder.clone();
+                let (recorder, pending) = (recorder.clone(), pending.clone());
                 tokio::spawn(async move {
                     while let Some((reference, notes)) = rx.recv().await {
                         publish(&recorder, &reference, notes).await;
+                        pending.fetch_sub(1, Ordering::SeqCst);
                     }
                 });
                 tx
             })
             .collect();
-        EventSink { workers, metrics }
+        EventSink {
+            workers,
+            metrics,
+            pending,
+        }
+    }
+
+    /// Waits until every queued Event is published, at most `within`;
+    /// false when some were still waiting. A stopping controller calls it
+    /// so the Events of its last status writes are not lost.
+    pub async fn flush(&self, within: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.pending.load(Ordering::SeqCst) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        true
     }
 
     /// Queues `notes` about `reference` without waiting.
@@ -204,7 +227,9 @@ impl EventSink {
         let key = reference.uid.as_deref().unwrap_or_default();
         let worker = &self.workers[shard(key, self.workers.len())];
         let count = notes.len() as u64;
+        self.pending.fetch_add(1, Ordering::SeqCst);
         if let Err(e) = worker.try_send((reference, notes)) {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
             self.metrics.events_dropped(count);
             warn!(error = %e, dropped = count, "event queue full; events dropped");
         }
@@ -357,5 +382,26 @@ mod tests {
             .and_then(|v| v.parse::<u64>().ok())
             .expect("the dropped counter");
         assert!((3..=4).contains(&dropped), "{dropped}");
+        // What was queued cannot go out: flushing gives up at its deadline.
+        let waited = std::time::Instant::now();
+        assert!(!sink.flush(std::time::Duration::from_millis(200)).await);
+        assert!(waited.elapsed() >= std::time::Duration::from_millis(200));
+    }
+
+    #[tokio::test]
+    async fn flushing_with_nothing_queued_returns_at_once() {
+        let config = kube::Config::new("http://127.0.0.1:1".parse().expect("url"));
+        let client = kube::Client::try_from(config).expect("client");
+        let reporter = kube::runtime::events::Reporter {
+            controller: "test".into(),
+            instance: None,
+        };
+        let sink = EventSink::start(
+            Recorder::new(client, reporter),
+            Arc::new(Metrics::default()),
+            2,
+            4,
+        );
+        assert!(sink.flush(std::time::Duration::ZERO).await);
     }
 }
