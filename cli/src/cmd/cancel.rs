@@ -2,7 +2,7 @@
 //! finalizer aborts its job and settles the VM before the object goes.
 
 use kube::Client;
-use kube::api::DeleteParams;
+use kube::api::{DeleteParams, Preconditions};
 use kvmotion_api::Phase;
 
 use super::follow::{Ending, Until, watch};
@@ -10,6 +10,10 @@ use crate::error::Error;
 use crate::exit::Outcome;
 use crate::format::summary;
 use crate::output::Output;
+
+/// Reads and conditional deletes tried before giving up on a migration
+/// whose status keeps changing.
+const MAX_ATTEMPTS: u32 = 10;
 
 /// Cancels migration `name`; with `wait`, until it is gone.
 pub async fn cancel(
@@ -19,31 +23,46 @@ pub async fn cancel(
     out: &mut Output,
 ) -> Result<Outcome, Error> {
     let api = crate::client::migrations(client);
-    let m = super::get(&api, name).await?;
-    if let Some(phase) = m
-        .status
-        .as_ref()
-        .and_then(|s| s.phase)
-        .filter(|p| p.is_terminal())
-    {
-        return Err(Error::CancelEndedMigration {
-            name: name.to_string(),
-            phase,
-        });
-    }
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => {}
-        // Gone between the read and the delete: it ended and was removed.
-        Err(kube::Error::Api(s)) if s.is_not_found() => {
-            return Err(Error::FindMigration {
+    // Deleted only as read: a migration that ends between the read and the
+    // delete is reported, not erased with its result. A status write in
+    // between (progress, once a second) just means reading again.
+    let mut attempts = 0;
+    loop {
+        let m = super::get(&api, name).await?;
+        if let Some(phase) = m
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .filter(|p| p.is_terminal())
+        {
+            return Err(Error::CancelEndedMigration {
                 name: name.to_string(),
+                phase,
             });
         }
-        Err(source) => {
-            return Err(Error::CancelMigration {
-                name: name.to_string(),
-                source,
-            });
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                resource_version: m.metadata.resource_version.clone(),
+                uid: m.metadata.uid.clone(),
+            }),
+            ..DeleteParams::default()
+        };
+        attempts += 1;
+        match api.delete(name, &params).await {
+            Ok(_) => break,
+            Err(kube::Error::Api(s)) if s.is_conflict() && attempts < MAX_ATTEMPTS => continue,
+            // Gone between the read and the delete: it ended and was removed.
+            Err(kube::Error::Api(s)) if s.is_not_found() => {
+                return Err(Error::FindMigration {
+                    name: name.to_string(),
+                });
+            }
+            Err(source) => {
+                return Err(Error::CancelMigration {
+                    name: name.to_string(),
+                    source,
+                });
+            }
         }
     }
     if !wait {

@@ -10,7 +10,8 @@ pub fn bytes(n: u64) -> String {
     }
     let mut value = n as f64;
     let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
+    // Compare the value as printed: 1,048,575 B is "1.0 MiB", not "1024.0 KiB".
+    while (value * 10.0).round() / 10.0 >= 1024.0 && unit < UNITS.len() - 1 {
         value /= 1024.0;
         unit += 1;
     }
@@ -91,6 +92,8 @@ mod tests {
             (1023, "1023 B"),
             (1024, "1.0 KiB"),
             (1536, "1.5 KiB"),
+            ((1 << 20) - 1, "1.0 MiB"),
+            ((1 << 20) - 60, "1023.9 KiB"),
             (300 << 20, "300.0 MiB"),
             (5 << 30, "5.0 GiB"),
             (u64::MAX, "16384.0 PiB"),
