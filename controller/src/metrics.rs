@@ -25,6 +25,7 @@ pub struct Metrics {
     in_flight: Family<Labels, Gauge>,
     status_writes: Counter,
     events_dropped: Counter,
+    events_failed: Counter,
 }
 
 fn phase_histogram() -> Histogram {
@@ -97,6 +98,12 @@ impl Default for Metrics {
             "Events not published because their queue was full",
             events_dropped.clone(),
         );
+        let events_failed = Counter::default();
+        registry.register(
+            "events_failed",
+            "Events the API server refused or did not answer",
+            events_failed.clone(),
+        );
         Self {
             registry,
             reconciliations,
@@ -109,6 +116,7 @@ impl Default for Metrics {
             in_flight,
             status_writes,
             events_dropped,
+            events_failed,
         }
     }
 }
@@ -163,6 +171,11 @@ impl Metrics {
     /// Counts `n` Events dropped unpublished.
     pub fn events_dropped(&self, n: u64) {
         self.events_dropped.inc_by(n);
+    }
+
+    /// Counts `n` Events the API server did not take.
+    pub fn events_failed(&self, n: u64) {
+        self.events_failed.inc_by(n);
     }
 
     /// Sets the number of unfinished migrations in each phase.

@@ -127,8 +127,9 @@ pub fn notes(old: &Status, new: &Status) -> Vec<Note> {
 }
 
 /// Publishes `notes` about the migration `reference`; failures are logged,
-/// never fatal (events are best effort).
-pub async fn publish(recorder: &Recorder, reference: &ObjectReference, notes: Vec<Note>) {
+/// never fatal (events are best effort). Returns how many failed.
+pub async fn publish(recorder: &Recorder, reference: &ObjectReference, notes: Vec<Note>) -> u64 {
+    let mut failed = 0;
     for n in notes {
         let ev = Event {
             type_: if n.warning {
@@ -143,8 +144,10 @@ pub async fn publish(recorder: &Recorder, reference: &ObjectReference, notes: Ve
         };
         if let Err(e) = recorder.publish(&ev, reference).await {
             warn!(error = %e, "could not publish an event");
+            failed += 1;
         }
     }
+    failed
 }
 
 /// The API server refuses an Event whose note is longer than 1 KiB.
@@ -173,7 +176,12 @@ pub struct EventSink {
     metrics: Arc<Metrics>,
     /// Batches queued or being published.
     pending: Arc<AtomicUsize>,
+    /// When dropping was last logged: once per interval is enough to tell.
+    last_drop_warning: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
+
+/// Dropped Events are logged at most this often; the counter has them all.
+const DROP_WARNING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl EventSink {
     /// Starts `workers` publishing tasks, each with a queue of `capacity`
@@ -189,9 +197,13 @@ impl EventSink {
             .map(|_| {
                 let (tx, mut rx) = mpsc::channel::<Batch>(capacity.max(1));
                 let (recorder, pending) = (recorder.clone(), pending.clone());
+                let metrics = metrics.clone();
                 tokio::spawn(async move {
                     while let Some((reference, notes)) = rx.recv().await {
-                        publish(&recorder, &reference, notes).await;
+                        let failed = publish(&recorder, &reference, notes).await;
+                        if failed > 0 {
+                            metrics.events_failed(failed);
+                        }
                         pending.fetch_sub(1, Ordering::SeqCst);
                     }
                 });
@@ -202,6 +214,7 @@ impl EventSink {
             workers,
             metrics,
             pending,
+            last_drop_warning: Default::default(),
         }
     }
 
@@ -231,7 +244,17 @@ impl EventSink {
         if let Err(e) = worker.try_send((reference, notes)) {
             self.pending.fetch_sub(1, Ordering::SeqCst);
             self.metrics.events_dropped(count);
-            warn!(error = %e, dropped = count, "event queue full; events dropped");
+            let now = std::time::Instant::now();
+            let due = self.last_drop_warning.lock().is_ok_and(|mut last| {
+                let due = last.is_none_or(|t| now.duration_since(t) >= DROP_WARNING_INTERVAL);
+                if due {
+                    *last = Some(now);
+                }
+                due
+            });
+            if due {
+                warn!(error = %e, dropped = count, "events dropped (logged once per 10 s; kvmotion_controller_events_dropped_total counts them)");
+            }
         }
     }
 }
@@ -386,6 +409,31 @@ mod tests {
         let waited = std::time::Instant::now();
         assert!(!sink.flush(std::time::Duration::from_millis(200)).await);
         assert!(waited.elapsed() >= std::time::Duration::from_millis(200));
+    }
+
+    #[tokio::test]
+    async fn events_the_api_server_refuses_are_counted() {
+        // Nothing listens on port 1: every publish fails at once.
+        let config = kube::Config::new("http://127.0.0.1:1".parse().expect("url"));
+        let client = kube::Client::try_from(config).expect("client");
+        let reporter = kube::runtime::events::Reporter {
+            controller: "test".into(),
+            instance: None,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let sink = EventSink::start(Recorder::new(client, reporter), metrics.clone(), 2, 4);
+        let reference = ObjectReference {
+            uid: Some("u".into()),
+            ..Default::default()
+        };
+        sink.send(reference, vec![note("A"), note("B")]);
+        assert!(sink.flush(std::time::Duration::from_secs(10)).await);
+        let failed = metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix("kvmotion_controller_events_failed_total "))
+            .and_then(|v| v.parse::<u64>().ok());
+        assert_eq!(failed, Some(2));
     }
 
     #[tokio::test]
