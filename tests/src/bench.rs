@@ -17,12 +17,14 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
-/// Rounds per comparison: `KVMOTION_BENCH_ROUNDS`, else 8.
+/// Rounds per comparison: `KVMOTION_BENCH_ROUNDS`, else 20 (the lab's
+/// single rounds scatter from 1.8 to 3.4 s; 8 rounds moved the median by
+/// up to 15 %).
 pub fn rounds() -> usize {
     std::env::var("KVMOTION_BENCH_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(8)
+        .unwrap_or(20)
 }
 
 /// `virsh -c <node's socket>`: no shell or nsenter in the timed path.
