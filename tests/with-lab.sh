@@ -7,11 +7,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/control-plane/lib.sh"
 
 cp_was_up=false; lab_was_up=false
-if [ -f "$CP_STATE/kubeconfig" ] && [ -x "$KUBE_BIN/kubectl" ] &&
-  "$KUBE_BIN/kubectl" --kubeconfig "$CP_STATE/kubeconfig" --request-timeout=3s \
-    get --raw /readyz >/dev/null 2>&1; then
-  cp_was_up=true
-fi
+if cp_ready; then cp_was_up=true; fi
 if "$here/lab/lab.sh" status 2>/dev/null | grep -q 'libvirtd pid'; then lab_was_up=true; fi
 
 # A demo left running (make demo KEEP=1) owns the lab's agents and ports.

@@ -271,13 +271,17 @@ struct ZeroInFlight(Arc<Metrics>);
 
 impl Drop for ZeroInFlight {
     fn drop(&mut self) {
-        let zeros: Vec<(Phase, i64)> = Phase::ALL
-            .iter()
-            .filter(|p| !p.is_terminal())
-            .map(|p| (*p, 0))
-            .collect();
-        self.0.set_in_flight(&zeros);
+        self.0.set_in_flight(&no_flights());
     }
+}
+
+/// A count of 0 for every phase a migration is in flight in.
+fn no_flights() -> Vec<(Phase, i64)> {
+    Phase::ALL
+        .iter()
+        .filter(|p| !p.is_terminal())
+        .map(|p| (*p, 0))
+        .collect()
 }
 
 /// Keeps the in-flight gauges current from the migration summaries.
@@ -285,11 +289,7 @@ async fn count_in_flight(ctx: Arc<Context>, metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tick.tick().await;
-        let mut counts: Vec<(Phase, i64)> = Phase::ALL
-            .iter()
-            .filter(|p| !p.is_terminal())
-            .map(|p| (*p, 0))
-            .collect();
+        let mut counts = no_flights();
         for f in ctx.flights() {
             if let Some(c) = counts.iter_mut().find(|(p, _)| Some(*p) == f.phase) {
                 c.1 += 1;

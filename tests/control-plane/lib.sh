@@ -12,5 +12,11 @@ HELM_BIN=$KVMOTION_CACHE/bin/helm-v$HELM_VERSION
 # State of a running control plane: certificates, etcd data, logs, kubeconfig.
 CP_STATE=${CP_STATE:-$REPO_ROOT/target/control-plane}
 
+# True when the control plane whose state is in $CP_STATE answers.
+cp_ready() {
+  [ -f "$CP_STATE/kubeconfig" ] && [ -x "$KUBE_BIN/kubectl" ] &&
+    "$KUBE_BIN/kubectl" --kubeconfig "$CP_STATE/kubeconfig" --request-timeout=3s get --raw /readyz >/dev/null 2>&1
+}
+
 log() { printf '[control-plane] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }

@@ -15,11 +15,6 @@ EXTRA_IPS=${KVMOTION_APISERVER_IPS:-10.98.0.254}
 KUBECONFIG_FILE=$CP_STATE/kubeconfig
 ENV_FILE=$CP_STATE/env
 
-ready() {
-  [ -f "$KUBECONFIG_FILE" ] && [ -x "$KUBE_BIN/kubectl" ] &&
-    "$KUBE_BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" --request-timeout=3s get --raw /readyz >/dev/null 2>&1
-}
-
 write_env() {
   cat >"$ENV_FILE" <<ENV
 # Source this file to use the kvmotion test control plane by hand.
@@ -28,7 +23,7 @@ export PATH=$KUBE_BIN:$HELM_BIN:\$PATH
 ENV
 }
 
-if ready; then
+if cp_ready; then
   write_env
   log "already running: source $ENV_FILE"
   exit 0
@@ -96,7 +91,7 @@ echo $! >"$CP_STATE/kube-apiserver.pid"
 "$KUBE_BIN/kubectl" config use-context kvmotion-test --kubeconfig "$KUBECONFIG_FILE" >/dev/null
 
 for _ in $(seq 1 120); do
-  if ready; then
+  if cp_ready; then
     write_env
     log "ready: source $ENV_FILE"
     exit 0

@@ -2,11 +2,9 @@
 //! and kubectl from the repository root with the control plane's pinned
 //! binaries, rendering the chart, and reading the rendered objects.
 
-use std::process::Command;
-
 use serde_json::Value;
 
-use crate::{Output, control_plane, repo_root};
+use crate::{Output, control_plane};
 
 /// The namespace the chart is rendered into by default.
 pub const NAMESPACE: &str = "kvmotion-system";
@@ -18,37 +16,7 @@ pub const CONTROLLER: &str = "system:serviceaccount:kvmotion-system:kvmotion-con
 /// Runs a tool (helm, kubectl, a script) from the repository root with the
 /// control plane's kubectl and helm first on PATH.
 pub fn run(program: &str, args: &[&str], stdin: Option<&str>) -> (Option<i32>, Output) {
-    use std::io::Write;
-    let cp = control_plane();
-    let mut child = Command::new(program)
-        .current_dir(repo_root())
-        .env("PATH", cp.path())
-        .env("KUBECONFIG", &cp.kubeconfig)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            std::process::Stdio::piped()
-        } else {
-            std::process::Stdio::null()
-        })
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {program}: {e}"));
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes())
-            .unwrap_or_else(|e| panic!("writing {program}'s stdin: {e}"));
-    }
-    let out = child
-        .wait_with_output()
-        .unwrap_or_else(|e| panic!("waiting for {program}: {e}"));
-    (
-        out.status.code(),
-        Output {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        },
-    )
+    control_plane().run(program, args, stdin)
 }
 
 /// Runs the pinned helm from the repository root.

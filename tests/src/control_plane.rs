@@ -85,7 +85,15 @@ impl ControlPlane {
 
     /// Runs kubectl against the control plane, feeding `stdin` when given.
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut child = Command::new("kubectl")
+        self.run("kubectl", args, stdin).1
+    }
+
+    /// Runs a tool (kubectl, helm, a script) from the repository root with
+    /// the built kubectl and helm first on PATH and this control plane's
+    /// kubeconfig, feeding `stdin` when given; returns its exit code too.
+    pub fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> (Option<i32>, Output) {
+        let mut child = Command::new(program)
+            .current_dir(crate::repo_root())
             .env("PATH", self.path())
             .env("KUBECONFIG", &self.kubeconfig)
             .args(args)
@@ -97,17 +105,22 @@ impl ControlPlane {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("starting kubectl");
+            .unwrap_or_else(|e| panic!("starting {program}: {e}"));
         if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
             pipe.write_all(input.as_bytes())
-                .expect("writing kubectl's stdin");
+                .unwrap_or_else(|e| panic!("writing {program}'s stdin: {e}"));
         }
-        let out = child.wait_with_output().expect("waiting for kubectl");
-        Output {
-            ok: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        let out = child
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("waiting for {program}: {e}"));
+        (
+            out.status.code(),
+            Output {
+                ok: out.status.success(),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            },
+        )
     }
 
     /// Applies the committed CRDs and waits until they are Established.

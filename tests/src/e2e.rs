@@ -151,7 +151,7 @@ impl Rig {
     }
 
     /// Event reasons recorded for the migration, oldest first.
-    pub fn event_reasons(&self, name: &str) -> Vec<String> {
+    fn event_reasons(&self, name: &str) -> Vec<String> {
         let out = self.scope.kubectl(
             &[
                 "get",

@@ -42,7 +42,11 @@ impl std::fmt::Display for Run {
 
 /// The plugin with `args`, configured by $KUBECONFIG like under kubectl.
 pub fn command(cp: &ControlPlane, args: &[&str]) -> Command {
-    let mut cmd = Command::new(plugin_binary());
+    captured(Command::new(plugin_binary()), cp, args)
+}
+
+/// `cmd ARGS` against the control plane, its output captured.
+fn captured(mut cmd: Command, cp: &ControlPlane, args: &[&str]) -> Command {
     cmd.args(args)
         .env("KUBECONFIG", &cp.kubeconfig)
         .stdin(Stdio::null())
@@ -60,14 +64,8 @@ pub fn via_kubectl(cp: &ControlPlane, args: &[&str]) -> Command {
         .map(|d| d.to_string_lossy().into_owned())
         .unwrap_or_default();
     let mut cmd = Command::new("kubectl");
-    cmd.args(args)
-        .env("PATH", format!("{}:{plugin_dir}", cp.path()))
-        .env("KUBECONFIG", &cp.kubeconfig)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    cmd
+    cmd.env("PATH", format!("{}:{plugin_dir}", cp.path()));
+    captured(cmd, cp, args)
 }
 
 /// Runs `cmd` to its end; panics when it takes longer than `within`.

@@ -10,15 +10,18 @@ use kvmotion_tests::chart::{AGENT, CONTROLLER, NAMESPACE, render, run};
 fn rbac_applied() {
     static APPLIED: OnceLock<()> = OnceLock::new();
     APPLIED.get_or_init(|| {
-        for template in [
+        let stream = render(&[
+            "--set",
+            "namespace.create=true",
+            "--show-only",
             "templates/namespace.yaml",
+            "--show-only",
             "templates/agent-rbac.yaml",
+            "--show-only",
             "templates/controller-rbac.yaml",
-        ] {
-            let stream = render(&["--set", "namespace.create=true", "--show-only", template]);
-            let (_, out) = run("kubectl", &["apply", "-f", "-"], Some(&stream));
-            assert!(out.ok, "applying {template}: {}", out.stderr);
-        }
+        ]);
+        let (_, out) = run("kubectl", &["apply", "-f", "-"], Some(&stream));
+        assert!(out.ok, "applying the namespace and RBAC: {}", out.stderr);
     });
 }
 

@@ -85,18 +85,15 @@ async fn a_live_migration_moves_an_idle_guest_and_reports_every_phase() {
         ],
     )
     .await;
-    let ok = rig
-        .controller
-        .metric(r#"kvmotion_controller_migrations_total{result="Succeeded"}"#)
-        .await;
-    assert_eq!(ok, Some(1.0), "migrations metric");
-
-    // Every phase left was timed once; the result fed the downtime and
-    // bytes series with the values the status reports.
     let page = rig.controller.metrics_text().await;
     let metric = |series: &str| {
         metric_value(&page, series).unwrap_or_else(|| panic!("no {series} in\n{page}"))
     };
+    let ok = metric(r#"kvmotion_controller_migrations_total{result="Succeeded"}"#);
+    assert_eq!(ok, 1.0, "migrations metric");
+
+    // Every phase left was timed once; the result fed the downtime and
+    // bytes series with the values the status reports.
     for phase in phases(&status).iter().filter(|p| *p != "Succeeded") {
         let n = metric(&format!(
             r#"kvmotion_controller_phase_duration_seconds_count{{phase="{phase}"}}"#

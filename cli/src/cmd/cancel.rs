@@ -5,10 +5,10 @@ use kube::Client;
 use kube::api::{DeleteParams, Preconditions};
 use kvmotion_api::Phase;
 
-use super::follow::{Ending, Until, watch};
+use super::follow::{Until, watch};
 use crate::error::Error;
 use crate::exit::Outcome;
-use crate::format::summary;
+use crate::format::{phase, summary};
 use crate::output::Output;
 
 /// Reads and conditional deletes tried before giving up on a migration
@@ -29,12 +29,7 @@ pub async fn cancel(
     let mut attempts = 0;
     loop {
         let m = super::get(&api, name).await?;
-        if let Some(phase) = m
-            .status
-            .as_ref()
-            .and_then(|s| s.phase)
-            .filter(|p| p.is_terminal())
-        {
+        if let Some(phase) = phase(&m).filter(|p| p.is_terminal()) {
             return Err(Error::CancelEndedMigration {
                 name: name.to_string(),
                 phase,
@@ -71,15 +66,10 @@ pub async fn cancel(
         ))?;
         return Ok(Outcome::Done);
     }
-    let last = match watch(&api, name, Until::Gone, out).await? {
-        Ending::Gone(last) => last,
-        // Not asked for with Until::Gone; report the state it ended in.
-        Ending::Ended(m) => Some(m),
-    };
+    let last = watch(&api, name, Until::Gone, out).await?;
     let last = last.as_deref();
     let text = summary::gone(name, last);
-    let phase = last.and_then(|m| m.status.as_ref()?.phase);
-    match phase {
+    match last.and_then(phase) {
         // It ended on its own between the read and the delete.
         Some(Phase::Succeeded | Phase::Failed) => out.error_line(&text)?,
         _ => out.line(&text)?,

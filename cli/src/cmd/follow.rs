@@ -10,6 +10,7 @@ use kvmotion_api::{Phase, VirtualMachineMigration};
 
 use crate::error::Error;
 use crate::exit::Outcome;
+use crate::format::phase;
 use crate::format::progress::progress_line;
 use crate::format::summary;
 use crate::output::Output;
@@ -29,22 +30,15 @@ pub enum Until {
     Gone,
 }
 
-/// How following ended.
-#[derive(Debug)]
-pub enum Ending {
-    /// The migration reached a terminal phase.
-    Ended(Box<VirtualMachineMigration>),
-    /// It was deleted; its last state, if the watch saw one.
-    Gone(Option<Box<VirtualMachineMigration>>),
-}
-
-/// Watches migration `name`, showing its progress line on every change.
+/// Watches migration `name`, showing its progress line on every change;
+/// returns its last state: terminal when it ended, else the last seen
+/// before it was deleted (if any).
 pub async fn watch(
     api: &Api<VirtualMachineMigration>,
     name: &str,
     until: Until,
     out: &mut Output,
-) -> Result<Ending, Error> {
+) -> Result<Option<Box<VirtualMachineMigration>>, Error> {
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut events = pin!(watcher::watcher(api.clone(), config).default_backoff());
     let mut last = None;
@@ -67,26 +61,21 @@ pub async fn watch(
                 continue;
             }
             // A (re)list without the object: it was deleted meanwhile.
-            Ok(Event::InitDone) if !listed => return Ok(Ending::Gone(last)),
-            Ok(Event::InitDone) if errors > 0 => {
+            Ok(Event::InitDone) if !listed => return Ok(last),
+            Ok(Event::InitDone) => {
                 errors = 0;
                 continue;
             }
-            Ok(Event::InitDone) => continue,
-            Ok(Event::Delete(m)) => return Ok(Ending::Gone(Some(Box::new(m)))),
+            Ok(Event::Delete(m)) => return Ok(Some(Box::new(m))),
             Ok(Event::Apply(m) | Event::InitApply(m)) => {
                 errors = 0;
                 listed = true;
                 m
             }
         };
-        let ended = m
-            .status
-            .as_ref()
-            .and_then(|s| s.phase)
-            .is_some_and(Phase::is_terminal);
+        let ended = phase(&m).is_some_and(Phase::is_terminal);
         if ended && until == Until::Ended {
-            return Ok(Ending::Ended(Box::new(m)));
+            return Ok(Some(Box::new(m)));
         }
         // The terminal phase is reported by the caller's summary.
         if !ended {
@@ -119,18 +108,10 @@ pub async fn follow(
     name: &str,
     out: &mut Output,
 ) -> Result<Outcome, Error> {
-    let (text, phase) = match watch(api, name, Until::Ended, out).await? {
-        Ending::Ended(m) => (
-            summary::outcome(&m),
-            m.status.as_ref().and_then(|s| s.phase),
-        ),
-        Ending::Gone(last) => {
-            let last = last.as_deref();
-            let phase = last.and_then(|m| m.status.as_ref()?.phase);
-            (summary::gone(name, last), phase.filter(|p| p.is_terminal()))
-        }
-    };
-    let outcome = super::outcome_of(phase);
+    let last = watch(api, name, Until::Ended, out).await?;
+    let last = last.as_deref();
+    let text = summary::gone(name, last);
+    let outcome = super::outcome_of(last.and_then(phase).filter(|p| p.is_terminal()));
     match outcome {
         Outcome::Done => out.line(&text)?,
         Outcome::Failed | Outcome::Cancelled => out.error_line(&text)?,

@@ -128,7 +128,7 @@ pub fn notes(old: &Status, new: &Status) -> Vec<Note> {
 
 /// Publishes `notes` about the migration `reference`; failures are logged,
 /// never fatal (events are best effort). Returns how many failed.
-pub async fn publish(recorder: &Recorder, reference: &ObjectReference, notes: Vec<Note>) -> u64 {
+async fn publish(recorder: &Recorder, reference: &ObjectReference, notes: Vec<Note>) -> u64 {
     let mut failed = 0;
     for n in notes {
         let ev = Event {
@@ -355,6 +355,33 @@ mod tests {
         assert_eq!(clip("aé", 2), "a", "never splits a character");
     }
 
+    /// Nothing listens on port 1: every publish there fails at once.
+    const NOBODY: &str = "http://127.0.0.1:1";
+
+    fn recorder_at(url: &str) -> Recorder {
+        let config = kube::Config::new(url.parse().expect("url"));
+        let client = kube::Client::try_from(config).expect("client");
+        let reporter = kube::runtime::events::Reporter {
+            controller: "test".into(),
+            instance: None,
+        };
+        Recorder::new(client, reporter)
+    }
+
+    fn reference() -> ObjectReference {
+        ObjectReference {
+            uid: Some("u".into()),
+            ..Default::default()
+        }
+    }
+
+    fn counter(metrics: &Metrics, name: &str) -> Option<u64> {
+        metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    }
+
     #[test]
     fn a_migration_always_goes_to_the_same_worker() {
         for uid in ["", "a", "0c6f3e0e-5b7e-4a8e-9a53-1d1b2c3d4e5f"] {
@@ -375,21 +402,9 @@ mod tests {
         // one worker stays busy with the first batch.
         let stuck = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let url = format!("http://{}", stuck.local_addr().expect("addr"));
-        let config = kube::Config::new(url.parse().expect("url"));
-        let client = kube::Client::try_from(config).expect("client");
-        let recorder = Recorder::new(
-            client,
-            kube::runtime::events::Reporter {
-                controller: "test".into(),
-                instance: None,
-            },
-        );
         let metrics = Arc::new(Metrics::default());
-        let sink = EventSink::start(recorder, metrics.clone(), 1, 1);
-        let reference = ObjectReference {
-            uid: Some("u".into()),
-            ..Default::default()
-        };
+        let sink = EventSink::start(recorder_at(&url), metrics.clone(), 1, 1);
+        let reference = reference();
         let started = std::time::Instant::now();
         for i in 0..5 {
             sink.send(reference.clone(), vec![note(&format!("R{i}"))]);
@@ -398,11 +413,7 @@ mod tests {
         sink.send(reference.clone(), vec![]);
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
         // One batch in the worker at most, one queued: three or more lost.
-        let dropped = metrics
-            .render()
-            .lines()
-            .find_map(|l| l.strip_prefix("kvmotion_controller_events_dropped_total "))
-            .and_then(|v| v.parse::<u64>().ok())
+        let dropped = counter(&metrics, "kvmotion_controller_events_dropped_total")
             .expect("the dropped counter");
         assert!((3..=4).contains(&dropped), "{dropped}");
         // What was queued cannot go out: flushing gives up at its deadline.
@@ -413,43 +424,17 @@ mod tests {
 
     #[tokio::test]
     async fn events_the_api_server_refuses_are_counted() {
-        // Nothing listens on port 1: every publish fails at once.
-        let config = kube::Config::new("http://127.0.0.1:1".parse().expect("url"));
-        let client = kube::Client::try_from(config).expect("client");
-        let reporter = kube::runtime::events::Reporter {
-            controller: "test".into(),
-            instance: None,
-        };
         let metrics = Arc::new(Metrics::default());
-        let sink = EventSink::start(Recorder::new(client, reporter), metrics.clone(), 2, 4);
-        let reference = ObjectReference {
-            uid: Some("u".into()),
-            ..Default::default()
-        };
-        sink.send(reference, vec![note("A"), note("B")]);
+        let sink = EventSink::start(recorder_at(NOBODY), metrics.clone(), 2, 4);
+        sink.send(reference(), vec![note("A"), note("B")]);
         assert!(sink.flush(std::time::Duration::from_secs(10)).await);
-        let failed = metrics
-            .render()
-            .lines()
-            .find_map(|l| l.strip_prefix("kvmotion_controller_events_failed_total "))
-            .and_then(|v| v.parse::<u64>().ok());
+        let failed = counter(&metrics, "kvmotion_controller_events_failed_total");
         assert_eq!(failed, Some(2));
     }
 
     #[tokio::test]
     async fn flushing_with_nothing_queued_returns_at_once() {
-        let config = kube::Config::new("http://127.0.0.1:1".parse().expect("url"));
-        let client = kube::Client::try_from(config).expect("client");
-        let reporter = kube::runtime::events::Reporter {
-            controller: "test".into(),
-            instance: None,
-        };
-        let sink = EventSink::start(
-            Recorder::new(client, reporter),
-            Arc::new(Metrics::default()),
-            2,
-            4,
-        );
+        let sink = EventSink::start(recorder_at(NOBODY), Arc::new(Metrics::default()), 2, 4);
         assert!(sink.flush(std::time::Duration::ZERO).await);
     }
 }
