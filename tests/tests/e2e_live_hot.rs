@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use kvmotion_tests::e2e::{Rig, condition};
+use kvmotion_tests::e2e::{Rig, condition, phases};
 use kvmotion_tests::lab::{Guest, GuestSpec, exclusive};
 use serde_json::json;
 
@@ -23,9 +23,24 @@ async fn a_hot_guest_converges_under_the_default_policy() {
         .wait_phase(&name, "Succeeded", Duration::from_secs(180))
         .await;
 
+    assert_eq!(
+        phases(&status),
+        [
+            "Pending",
+            "Scheduling",
+            "Prechecking",
+            "Preparing",
+            "Migrating",
+            "Finalizing",
+            "Succeeded"
+        ],
+        "{status:#}"
+    );
     let (_, reason, message) = condition(&status, "Completed");
     assert_eq!(reason, "Succeeded", "{message}");
     assert_eq!(status["policy"]["tuning"]["postCopy"], true, "{status:#}");
     guest.beats_on("node-b", before).await;
     assert_eq!(guest.state("node-a"), None);
+    rig.expect_events(&name, &["Migrating", "Finalizing", "Succeeded"])
+        .await;
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use kvmotion_tests::e2e::{Rig, start_controller};
+use kvmotion_tests::e2e::{Rig, condition, start_controller};
 use kvmotion_tests::lab::{Guest, GuestSpec, exclusive};
 use serde_json::json;
 
@@ -54,4 +54,12 @@ async fn a_controller_restart_mid_migration_resumes_the_same_job() {
         1,
         "{phases:?}"
     );
+    let (ok, reason, message) = condition(&status, "Completed");
+    assert_eq!(
+        (ok.as_str(), reason.as_str()),
+        ("True", "Succeeded"),
+        "{message}"
+    );
+    // The replacement controller reports the end it observed.
+    rig.expect_events(&name, &["Finalizing", "Succeeded"]).await;
 }
