@@ -96,6 +96,16 @@ pub struct Args {
     #[arg(long, env = "KVMOTION_POLL_MS", default_value_t = 500)]
     pub poll_ms: u64,
 
+    /// Directory where the agent records its jobs and what prepare created,
+    /// so that a restarted agent adopts them. Must outlive the process (a
+    /// hostPath in the chart) and belong to this node alone.
+    #[arg(
+        long,
+        env = "KVMOTION_STATE_DIR",
+        default_value = "/var/lib/kvmotion-agent"
+    )]
+    pub state_dir: std::path::PathBuf,
+
     /// Serve the API over TLS with this certificate (PEM chain)...
     #[arg(long, env = "KVMOTION_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

@@ -49,6 +49,17 @@ pub enum Error {
         /// This node.
         node: String,
     },
+    /// A disk path the move would write is in use on the target (an
+    /// existing file, or a disk of another domain defined there).
+    #[error("disk {path} is in use on node {node}{}; kvmotion writes only images it created", match domain { Some(d) => format!(" by domain {d}"), None => " (the file exists)".to_string() })]
+    DiskPathInUse {
+        /// The path.
+        path: String,
+        /// The domain that uses it, when one does.
+        domain: Option<String>,
+        /// This node.
+        node: String,
+    },
     /// The target lacks memory for the guest.
     #[error("node {node} has {free} bytes of free memory, the guest needs {needed}")]
     InsufficientMemory {
@@ -133,6 +144,15 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// The agent's records on disk could not be written or read.
+    #[error("recording {what} in the state directory")]
+    State {
+        /// What was being recorded.
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A blocking task panicked or was cancelled.
     #[error("a background task ended abnormally: {0}")]
     Task(String),
@@ -158,6 +178,7 @@ impl Error {
             Error::DomainState { .. }
             | Error::AlreadyMigrating { .. }
             | Error::DomainExists { .. }
+            | Error::DiskPathInUse { .. }
             | Error::Conflict(_) => StatusCode::CONFLICT,
             Error::SameNode { .. }
             | Error::InsufficientMemory { .. }
@@ -171,6 +192,7 @@ impl Error {
             Error::ReviewToken(_)
             | Error::Libvirt(_)
             | Error::DiskImage { .. }
+            | Error::State { .. }
             | Error::Publish { .. }
             | Error::Task(_)
             | Error::Serve { .. }
@@ -199,6 +221,8 @@ impl Error {
             Error::ReviewToken(_) => "ReviewToken",
             Error::Libvirt(_) => "Libvirt",
             Error::DiskImage { .. } => "DiskImage",
+            Error::DiskPathInUse { .. } => "DiskPathInUse",
+            Error::State { .. } => "State",
             Error::CallPeer { .. } => "CallPeer",
             Error::Publish { .. } => "Publish",
             Error::Task(_) => "Task",
@@ -215,6 +239,18 @@ impl From<LibvirtError> for Error {
 }
 
 pub use kvmotion_api::error_chain as chain;
+
+/// Runs blocking file work on the blocking pool.
+pub async fn blocking_io<T: Send + 'static>(
+    what: impl Into<String>,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, Error> {
+    let what = what.into();
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+        .map_err(|source| Error::State { what, source })
+}
 
 /// Runs a blocking libvirt call on the blocking pool.
 pub async fn blocking<T: Send + 'static>(

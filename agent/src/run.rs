@@ -8,6 +8,7 @@ use tracing::{info, warn};
 
 use crate::api::{self, AppState, auth::Authenticator};
 use crate::cli::Args;
+use crate::engine::state::StateDir;
 use crate::engine::{Engine, EngineConfig};
 use crate::error::Error;
 use crate::inventory::{self, InventoryConfig};
@@ -53,6 +54,14 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let endpoint = args.endpoint();
     info!(node = %args.node_name, %endpoint, libvirt = %args.libvirt_uri, "agent starting");
     let metrics = Arc::new(Metrics::default());
+    let dir = args.state_dir.clone();
+    let state = tokio::task::spawn_blocking(move || StateDir::open(&dir))
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+        .map_err(|source| Error::State {
+            what: format!("opening {}", args.state_dir.display()),
+            source,
+        })?;
     let engine = Engine::new(
         lv.clone(),
         EngineConfig {
@@ -63,7 +72,10 @@ pub async fn run(args: Args) -> Result<(), Error> {
             poll: Duration::from_millis(args.poll_ms.max(100)),
         },
         peer_client(&args)?,
+        state,
     );
+    let adopted = engine.adopt().await?;
+    info!(?adopted, state_dir = %args.state_dir.display(), "records of earlier runs taken back");
     let inventory = tokio::spawn(inventory::run(
         kube.clone(),
         lv,

@@ -225,6 +225,21 @@ pub struct DomainPresence {
     /// The domain, when defined or running here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<crate::hypervisor::DomainInfo>,
+    /// libvirt runs a job on the domain here (a migration, when kvmotion
+    /// started one), whether or not an agent record names it.
+    #[serde(default)]
+    pub migrating: bool,
+}
+
+/// `POST /v1/domains/{vm}/abort-job`: what was aborted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AbortedJob {
+    /// A job ran on the domain and was asked to stop.
+    pub aborted: bool,
+    /// The migration id of the agent's job, when one named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<String>,
 }
 
 /// The body of every 4xx/5xx answer.

@@ -21,7 +21,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::agent::{
-    API_PREFIX, DomainPresence, ErrorBody, JobStatus, PrepareRequest, PrepareResponse, StartRequest,
+    API_PREFIX, AbortedJob, DomainPresence, ErrorBody, JobStatus, PrepareRequest, PrepareResponse,
+    StartRequest,
 };
 
 /// Why a call to an agent failed.
@@ -179,11 +180,14 @@ impl AgentClient {
         self
     }
 
-    fn bearer(&self) -> Result<Option<String>, Error> {
+    async fn bearer(&self) -> Result<Option<String>, Error> {
         match &*self.token {
             Token::None => Ok(None),
             Token::Static(t) => Ok(Some(t.clone())),
-            Token::File(path) => std::fs::read_to_string(path)
+            // Read off the runtime's threads: a slow disk must not stall
+            // the reconciles that share them.
+            Token::File(path) => tokio::fs::read_to_string(path)
+                .await
                 .map(|t| Some(t.trim().to_string()))
                 .map_err(|source| Error::ReadToken {
                     path: path.clone(),
@@ -208,7 +212,7 @@ impl AgentClient {
             message,
         };
         let mut req = hyper::Request::builder().method(method).uri(url);
-        if let Some(token) = self.bearer()? {
+        if let Some(token) = self.bearer().await? {
             req = req.header("authorization", format!("Bearer {token}"));
         }
         if !headers
@@ -361,11 +365,41 @@ impl AgentClient {
 
     /// `GET /v1/domains/{vm}`: whether the node has the domain.
     pub async fn domain(&self, endpoint: &str, vm: &str) -> Result<DomainPresence, Error> {
-        let url = format!(
-            "{}{API_PREFIX}/domains/{vm}",
-            endpoint.trim_end_matches('/')
-        );
-        self.json("GET", url, None::<&()>, Duration::ZERO).await
+        self.json(
+            "GET",
+            domain_url(endpoint, vm, ""),
+            None::<&()>,
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    /// `POST /v1/domains/{vm}/undefine-stale`: removes that node's shut-off
+    /// definition of `vm` (disks stay), refused (409) while it runs there.
+    pub async fn undefine_stale(
+        &self,
+        endpoint: &str,
+        vm: &str,
+    ) -> Result<serde_json::Value, Error> {
+        self.json(
+            "POST",
+            domain_url(endpoint, vm, "/undefine-stale"),
+            None::<&()>,
+            Duration::ZERO,
+        )
+        .await
+    }
+
+    /// `POST /v1/domains/{vm}/abort-job`: aborts the domain's migration job
+    /// on that node, whichever migration id started it.
+    pub async fn abort_domain_job(&self, endpoint: &str, vm: &str) -> Result<AbortedJob, Error> {
+        self.json(
+            "POST",
+            domain_url(endpoint, vm, "/abort-job"),
+            None::<&()>,
+            Duration::ZERO,
+        )
+        .await
     }
 
     async fn post_empty<T: DeserializeOwned>(
@@ -382,6 +416,14 @@ impl AgentClient {
         )
         .await
     }
+}
+
+/// `{endpoint}/v1/domains/{vm}{suffix}`.
+pub fn domain_url(endpoint: &str, vm: &str, suffix: &str) -> String {
+    format!(
+        "{}{API_PREFIX}/domains/{vm}{suffix}",
+        endpoint.trim_end_matches('/')
+    )
 }
 
 /// `{endpoint}/v1/migrations/{id}{suffix}`.

@@ -106,6 +106,20 @@ pub enum ConditionReason {
     VMLocated,
     /// Cleaning up and locating the VM is still going on.
     SettlePending,
+    /// The stored status cannot be read; nothing is done until it is fixed.
+    StatusUnreadable,
+    /// libvirt runs a migration job on the VM that the source agent has no
+    /// record of (its state directory was lost): waiting for it to end.
+    JobNotAdopted,
+    /// The source agent had no record of the job and libvirt runs none:
+    /// the migration is judged by where the VM is.
+    JobLost,
+    /// The VM runs on one node and a stale shut-off definition of it was
+    /// left on the other: removed.
+    StaleDefinitionRemoved,
+    /// The VM is defined on both nodes and it cannot be told which copy is
+    /// stale: a person must remove one.
+    VMDefinedTwice,
 }
 
 impl ConditionReason {
@@ -142,6 +156,11 @@ impl ConditionReason {
             ConditionReason::Cancelled => "Cancelled",
             ConditionReason::VMLocated => "VMLocated",
             ConditionReason::SettlePending => "SettlePending",
+            ConditionReason::StatusUnreadable => "StatusUnreadable",
+            ConditionReason::JobNotAdopted => "JobNotAdopted",
+            ConditionReason::JobLost => "JobLost",
+            ConditionReason::StaleDefinitionRemoved => "StaleDefinitionRemoved",
+            ConditionReason::VMDefinedTwice => "VMDefinedTwice",
         }
     }
 }

@@ -166,6 +166,21 @@ pub enum DomainState {
     Unknown,
 }
 
+impl DomainState {
+    /// Whether a QEMU process holds the guest here (running, blocked or
+    /// paused): the states in which a node "has" the running VM.
+    pub fn has_guest(self) -> bool {
+        match self {
+            DomainState::Running | DomainState::Blocked | DomainState::Paused => true,
+            DomainState::ShuttingDown
+            | DomainState::ShutOff
+            | DomainState::Crashed
+            | DomainState::Suspended
+            | DomainState::Unknown => false,
+        }
+    }
+}
+
 /// One guest disk.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -9,6 +9,7 @@ pub mod condition;
 pub mod crds;
 pub mod hypervisor;
 pub mod migration;
+pub mod movable;
 pub mod phase;
 pub mod policy;
 mod schema;

@@ -33,6 +33,32 @@ pub enum Error {
     #[error("updating the finalizer of a VirtualMachineMigration")]
     Finalizer(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A deleted migration's job is still stopping; deletion waits.
+    /// The status changed since it was read: decided again from the new one.
+    #[error("the status of VirtualMachineMigration {name} changed since it was read")]
+    StatusConflict {
+        /// The migration.
+        name: String,
+    },
+    /// The stored status cannot be read; rewriting it would lose what it
+    /// says, so the controller waits for a person.
+    #[error(
+        "the status of VirtualMachineMigration {name} cannot be read ({message}); fix or remove it (kubectl edit --subresource=status)"
+    )]
+    StatusUnreadable {
+        /// The migration.
+        name: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// Reading a migration afresh before acting on it failed.
+    #[error("reading VirtualMachineMigration {name}")]
+    ReadMigration {
+        /// The migration.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
     #[error("cancelling VirtualMachineMigration {name}: waiting for its job to stop")]
     CancelPending {
         /// The migration.
@@ -63,6 +89,9 @@ impl Error {
             Error::ServeHttp { .. } => "serve_http",
             Error::Finalizer(_) => "finalizer",
             Error::CancelPending { .. } => "cancel_pending",
+            Error::StatusConflict { .. } => "status_conflict",
+            Error::StatusUnreadable { .. } => "status_unreadable",
+            Error::ReadMigration { .. } => "read_migration",
             Error::AgentClient(_) => "agent_client",
         }
     }
@@ -75,8 +104,11 @@ impl Error {
             Error::WriteStatus { .. }
             | Error::LeaderElection { .. }
             | Error::Finalizer(_)
+            | Error::StatusConflict { .. }
+            | Error::ReadMigration { .. }
             | Error::CancelPending { .. } => true,
-            Error::LoadKubeConfig(_)
+            Error::StatusUnreadable { .. }
+            | Error::LoadKubeConfig(_)
             | Error::BuildClient(_)
             | Error::ServeHttp { .. }
             | Error::AgentClient(_) => false,

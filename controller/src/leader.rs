@@ -25,10 +25,50 @@ pub struct LeaseConfig {
     pub grace: Duration,
 }
 
+/// How long a stopping leader lets running reconciles finish, so that an
+/// agent call already made has its status written. Below the pod's default
+/// 30 s termination grace period.
+pub const DRAIN: Duration = Duration::from_secs(20);
+
+/// How a leadership term ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TermEnd {
+    /// The Lease was lost: the work was dropped at once, so that no stale
+    /// leader writes.
+    Lost,
+    /// The work ended by itself.
+    Finished,
+    /// Shutdown: the work was given up to `drain` to finish what it runs
+    /// (it stops taking new work when it sees the same shutdown).
+    Stopped,
+}
+
+/// Runs one term's `work` until the Lease is `lost`, the work ends, or
+/// `shutdown`, after which the work may run `drain` longer.
+pub async fn term(
+    work: impl Future<Output = ()>,
+    lost: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()>,
+    drain: Duration,
+) -> TermEnd {
+    tokio::pin!(work);
+    tokio::select! {
+        _ = lost => TermEnd::Lost,
+        _ = &mut work => TermEnd::Finished,
+        _ = shutdown => {
+            if tokio::time::timeout(drain, work).await.is_err() {
+                warn!(seconds = drain.as_secs(), "reconciles still running at shutdown were dropped");
+            }
+            TermEnd::Stopped
+        }
+    }
+}
+
 /// Runs `work` while this replica leads, until `shutdown` completes. Losing
 /// the Lease drops the running `work` (so no stale leader keeps writing) and
-/// campaigns again. On shutdown the Lease is released so a standby takes
-/// over at once instead of waiting for expiry.
+/// campaigns again. On shutdown the work drains (see [`term`]), then the
+/// Lease is released so a standby takes over at once instead of waiting
+/// for expiry.
 pub async fn run_while_leader<W, F>(
     client: Client,
     lease: LeaseConfig,
@@ -63,16 +103,23 @@ where
         }
         info!(identity = %lease.identity, lease = %lease.name, "became leader");
         metrics.set_leader(true);
-        let lost = tokio::select! {
-            _ = &mut shutdown => false,
-            _ = leading.wait_for(|l| !*l) => true,
-            _ = work() => false,
-        };
+        let mut watch = leading.clone();
+        let ended = term(
+            work(),
+            async move {
+                let _ = watch.wait_for(|l| !*l).await;
+            },
+            &mut shutdown,
+            DRAIN,
+        )
+        .await;
         metrics.set_leader(false);
-        if !lost {
-            break;
+        match ended {
+            TermEnd::Lost => {
+                warn!(identity = %lease.identity, "lost the leader Lease; stopped reconciling")
+            }
+            TermEnd::Finished | TermEnd::Stopped => break,
         }
-        warn!(identity = %lease.identity, "lost the leader Lease; stopped reconciling");
     }
     // Closing the channel makes the manager release the Lease and return.
     drop(leading);
@@ -85,6 +132,68 @@ where
         Err(join) => {
             warn!(error = %join, "lease manager task ended abnormally");
             Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    async fn after(secs: u64) {
+        tokio::time::sleep(Duration::from_secs(secs)).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopping_leader_lets_running_work_finish_and_a_deposed_one_does_not() {
+        // (case, work takes, lost at, shutdown at, end, work finished)
+        let cases = [
+            (
+                "shutdown mid-reconcile: drained",
+                3,
+                100,
+                1,
+                TermEnd::Stopped,
+                true,
+            ),
+            (
+                "shutdown, work hangs: dropped after the drain",
+                1000,
+                100,
+                1,
+                TermEnd::Stopped,
+                false,
+            ),
+            (
+                "lease lost: dropped at once",
+                3,
+                1,
+                100,
+                TermEnd::Lost,
+                false,
+            ),
+            ("work ends by itself", 1, 100, 100, TermEnd::Finished, true),
+        ];
+        for (name, takes, lost_at, stop_at, want, finished) in cases {
+            let done = Arc::new(AtomicBool::new(false));
+            let flag = done.clone();
+            let work = async move {
+                after(takes).await;
+                flag.store(true, Ordering::SeqCst);
+            };
+            let t0 = tokio::time::Instant::now();
+            let got = term(
+                work,
+                after(lost_at),
+                after(stop_at),
+                Duration::from_secs(20),
+            )
+            .await;
+            assert_eq!(got, want, "{name}");
+            assert_eq!(done.load(Ordering::SeqCst), finished, "{name}");
+            assert!(t0.elapsed() <= Duration::from_secs(21 + stop_at), "{name}");
         }
     }
 }

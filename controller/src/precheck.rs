@@ -4,8 +4,7 @@
 //! readiness) come from `schedule::exclusion`.
 
 use kvmotion_api::agent::{DiskPlan, DomainRef};
-use kvmotion_api::hypervisor::{DomainInfo, DomainState, Hypervisor};
-use kvmotion_api::migration::MigrationMode;
+use kvmotion_api::hypervisor::{DomainInfo, Hypervisor};
 use kvmotion_api::tuning::StorageMode;
 use kvmotion_api::{ConditionReason, VirtualMachineMigrationSpec, VmRef};
 use std::sync::Arc;
@@ -145,27 +144,11 @@ pub fn check(
         ));
     }
     let d = &located.domain;
-    let running = matches!(
-        d.state,
-        DomainState::Running | DomainState::Blocked | DomainState::Paused
-    );
-    match spec.mode {
-        MigrationMode::Live if !running => {
-            return Err(refuse(
-                ConditionReason::VMNotRunning,
-                format!(
-                    "{} is {:?}; a live migration needs it running (use mode Offline)",
-                    d.name, d.state
-                ),
-            ));
-        }
-        MigrationMode::Offline if !running && !d.persistent => {
-            return Err(refuse(
-                ConditionReason::VMNotRunning,
-                format!("{} is neither running nor defined", d.name),
-            ));
-        }
-        MigrationMode::Live | MigrationMode::Offline => {}
+    if let Err(no) = kvmotion_api::movable::how(spec.mode, d.state, d.persistent) {
+        return Err(refuse(
+            ConditionReason::VMNotRunning,
+            format!("{} is {:?}: {}", d.name, d.state, no.needed),
+        ));
     }
     let plan: Vec<DiskPlan> = d
         .disks
@@ -211,7 +194,8 @@ pub fn domain_ref(d: &DomainInfo) -> DomainRef {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kvmotion_api::hypervisor::{DiskInfo, HypervisorSpec, HypervisorStatus};
+    use kvmotion_api::MigrationMode;
+    use kvmotion_api::hypervisor::{DiskInfo, DomainState, HypervisorSpec, HypervisorStatus};
 
     fn domain(name: &str, uuid: &str, state: DomainState, disks: Vec<DiskInfo>) -> DomainInfo {
         DomainInfo {
@@ -390,6 +374,24 @@ mod tests {
                 "live but shut off",
                 Live,
                 at(ShutOff, vec![]),
+                "b",
+                StorageMode::Auto,
+                None,
+                Err("VMNotRunning"),
+            ),
+            (
+                "live and paused",
+                Live,
+                at(Paused, vec![]),
+                "b",
+                StorageMode::Auto,
+                None,
+                Ok(vec![]),
+            ),
+            (
+                "offline but crashed",
+                Offline,
+                at(Crashed, vec![]),
                 "b",
                 StorageMode::Auto,
                 None,

@@ -118,7 +118,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         grace: Duration::from_secs(args.lease_grace_seconds),
     };
     let result = leader::run_while_leader(client.clone(), lease, &metrics, stopped(), || {
-        run_controller(setup.clone())
+        run_controller(setup.clone(), stopped())
     })
     .await;
     if !setup.events.flush(EVENT_FLUSH).await {
@@ -193,7 +193,10 @@ where
     (store, feed)
 }
 
-async fn run_controller(setup: Setup) {
+async fn run_controller(
+    setup: Setup,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     info!("reconciling VirtualMachineMigrations");
     let client = setup.client.clone();
     let resource = ApiResource::erase::<VirtualMachineMigration>(&());
@@ -214,9 +217,12 @@ async fn run_controller(setup: Setup) {
     if let Some(sel) = &setup.selector {
         watch = watch.labels(sel);
     }
+    // On shutdown the controller starts no new reconcile and lets the
+    // running ones write their status (the term drains them).
     let controller = Controller::new_with(migrations_api(&client), watch, resource)
         .with_config(kube::runtime::controller::Config::default().concurrency(setup.concurrency))
-        .reconcile_on(woken);
+        .reconcile_on(woken)
+        .graceful_shutdown_on(stop);
     let stores = Stores {
         migrations: controller.store(),
         hypervisors,

@@ -133,8 +133,22 @@ impl AgentProcess {
         self.child.id()
     }
 
-    /// Starts the agent of `node`, inside the node's namespaces.
+    /// Starts the agent of `node`, inside the node's namespaces, with an
+    /// empty state directory.
     pub async fn start(node: &str, label: &str, extra: &[&str]) -> AgentProcess {
+        lab::lab_up();
+        let state = lab::agent_state_dir(node);
+        let _ = std::fs::remove_dir_all(&state);
+        Self::spawn(node, label, extra).await
+    }
+
+    /// Starts the agent of `node` again after it died, keeping its state
+    /// directory: what a DaemonSet's restarted pod finds.
+    pub async fn restart(node: &str, label: &str, extra: &[&str]) -> AgentProcess {
+        Self::spawn(node, &format!("{label}-restarted"), extra).await
+    }
+
+    async fn spawn(node: &str, label: &str, extra: &[&str]) -> AgentProcess {
         lab::lab_up();
         let creds = credentials();
         let bin = crate::controller::workspace_binary("kvmotion-agent", "kvmotion-agent");
@@ -175,6 +189,8 @@ impl AgentProcess {
             .arg(&creds.agent_kubeconfig)
             .arg("--peer-token-file")
             .arg(&creds.peer_token_file)
+            .arg("--state-dir")
+            .arg(lab::agent_state_dir(node))
             .args([
                 "--shared-path",
                 SHARED_DIR,
@@ -400,17 +416,30 @@ impl Drive {
         }
     }
 
-    /// Prepares the target and starts the job; returns the start answer.
-    pub async fn start(&self, agents: &Agents) -> (u16, Value) {
-        let target = lab::other(&self.source);
-        let (code, prepared) = agents
-            .on(target)
+    /// Calls prepare on the target; returns its answer.
+    pub async fn prepare(&self, agents: &Agents) -> (u16, Value) {
+        agents
+            .on(lab::other(&self.source))
             .as_controller(
                 "POST",
                 &format!("/v1/migrations/{}/prepare", self.id),
                 Some(&serde_json::to_value(self.prepare_request()).expect("json")),
             )
-            .await;
+            .await
+    }
+
+    /// Calls cleanup on the target; returns its answer.
+    pub async fn cleanup(&self, agents: &Agents) -> (u16, Value) {
+        agents
+            .on(lab::other(&self.source))
+            .as_controller("POST", &format!("/v1/migrations/{}/cleanup", self.id), None)
+            .await
+    }
+
+    /// Prepares the target and starts the job; returns the start answer.
+    pub async fn start(&self, agents: &Agents) -> (u16, Value) {
+        let target = lab::other(&self.source);
+        let (code, prepared) = self.prepare(agents).await;
         assert_eq!(code, 200, "prepare: {prepared}");
         let start = StartRequest {
             vm: self.vm.clone(),

@@ -579,5 +579,11 @@ async fn domain(
         .domains
         .get(&node)
         .and_then(|ds| ds.values().find(|d| d.uuid == vm || d.name == vm).cloned());
-    axum::Json(DomainPresence { node, domain }).into_response()
+    // Fake jobs are keyed by migration id and always known: none runs unrecorded.
+    axum::Json(DomainPresence {
+        node,
+        domain,
+        migrating: false,
+    })
+    .into_response()
 }

@@ -32,6 +32,13 @@ pub fn management_ip(node: &str) -> &'static str {
     }
 }
 
+/// The state directory of `node`'s agent: under the lab's per-node
+/// directory, so the two agents never share records, and removed with the
+/// lab.
+pub fn agent_state_dir(node: &str) -> String {
+    format!("/var/lib/kvmotion-lab/nodes/{node}/agent-state")
+}
+
 /// The other node.
 pub fn other(node: &str) -> &'static str {
     if node == "node-a" { "node-b" } else { "node-a" }
@@ -120,6 +127,11 @@ pub fn sha256(node: &str, path: &str) -> String {
         .next()
         .unwrap_or_default()
         .to_string()
+}
+
+/// Whether a file exists at `path` on `node`.
+pub fn exists(node: &str, path: &str) -> bool {
+    lab_try(&["exec", node, "test", "-e", path]).0
 }
 
 /// One heartbeat line of a guest: `HB seq=N boot=X`.
@@ -211,7 +223,21 @@ pub struct Guest {
 impl Guest {
     /// Defines and starts a guest on `node`, waiting for its first heartbeat.
     pub async fn start(node: &str, name: &str, spec: &GuestSpec) -> Guest {
-        let guest_dir = lab_up();
+        let guest = Guest::define(node, name, spec);
+        lab(&["virsh", node, "start", name]);
+        crate::eventually(
+            Duration::from_secs(60),
+            &format!("{name} to beat on {node}"),
+            || async { guest.last_beat(node) },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", guest.console(node)));
+        guest
+    }
+
+    /// Defines a guest on `node` without starting it, its disk created as
+    /// the spec says.
+    pub fn define(node: &str, name: &str, spec: &GuestSpec) -> Guest {
         let disk = match spec.disk {
             DiskKind::None => None,
             DiskKind::Shared => Some(format!("{SHARED_DIR}/{name}.qcow2")),
@@ -234,6 +260,17 @@ impl Guest {
                 lab(&["exec", node, "qemu-io", "-f", "qcow2", "-c", &write, path]);
             }
         }
+        Guest::define_on(node, name, spec, disk)
+    }
+
+    /// Defines (does not start) another domain on `node` whose disk is the
+    /// file at `disk`, which must exist there: a domain that squats a path.
+    pub fn define_using(node: &str, name: &str, disk: &str) -> Guest {
+        Guest::define_on(node, name, &GuestSpec::default(), Some(disk.to_string()))
+    }
+
+    fn define_on(node: &str, name: &str, spec: &GuestSpec, disk: Option<String>) -> Guest {
+        let guest_dir = lab_up();
         let mut args = vec![
             name.to_string(),
             guest_dir.to_string(),
@@ -264,21 +301,12 @@ impl Guest {
         std::fs::write(&xml_path, &xml.stdout).expect("writing domain XML");
         let xml_path = xml_path.to_string_lossy().into_owned();
         lab(&["virsh", node, "define", &xml_path]);
-        lab(&["virsh", node, "start", name]);
         let uuid = lab(&["virsh", node, "domuuid", name]).trim().to_string();
-        let guest = Guest {
+        Guest {
             name: name.to_string(),
             disk,
             uuid,
-        };
-        crate::eventually(
-            Duration::from_secs(60),
-            &format!("{name} to beat on {node}"),
-            || async { guest.last_beat(node) },
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", guest.console(node)));
-        guest
+        }
     }
 
     /// The serial console log of the guest on `node`.

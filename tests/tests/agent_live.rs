@@ -246,3 +246,43 @@ async fn stream_options_parallel_connections_auto_converge_and_compression_move_
     guest.beats_on("node-a", mid).await;
     assert_eq!(guest.state("node-b"), None);
 }
+
+#[tokio::test]
+async fn a_paused_guest_moves_live_without_post_copy_and_arrives_paused() {
+    let _lab = exclusive().await;
+    let agents = Agents::start(module_path!(), line!()).await;
+    let guest = Guest::start("node-a", "live-paused", &GuestSpec::default()).await;
+    kvmotion_tests::lab::lab(&["virsh", "node-a", "suspend", &guest.name]);
+    let before = guest.last_beat("node-a").expect("beating");
+
+    // The default tuning asks for post-copy, which libvirt refuses for a
+    // paused domain: the agent must not.
+    let drive = Drive::new("live-paused-1", &guest, "node-a");
+    assert!(drive.tuning.post_copy);
+    let (code, started) = drive.start(&agents).await;
+    assert_eq!(code, 200, "{started}");
+    let (done, _) = drive.wait(&agents, Duration::from_secs(60)).await;
+
+    assert_eq!(done.phase, JobPhase::Completed, "{done:?}");
+    assert!(
+        done.actions
+            .iter()
+            .any(|a| a == "PostCopyOff(paused guest)"),
+        "{:?}",
+        done.actions
+    );
+    assert!(
+        !done.actions.iter().any(|a| a.starts_with("SetMaxDowntime")),
+        "no downtime ramp for a paused guest: {:?}",
+        done.actions
+    );
+    assert_eq!(guest.state("node-b").as_deref(), Some("paused"));
+    assert_eq!(
+        guest.state("node-a"),
+        None,
+        "the source still has the domain"
+    );
+    // It is the same guest: resumed, it beats on in the same boot.
+    kvmotion_tests::lab::lab(&["virsh", "node-b", "resume", &guest.name]);
+    guest.beats_on("node-b", before).await;
+}

@@ -2,6 +2,8 @@
 //! failure is a 4xx/5xx with an `ErrorBody`.
 
 pub mod auth;
+#[cfg(test)]
+mod fuzz;
 
 use std::sync::Arc;
 
@@ -73,6 +75,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(disk_blocks).layer(DefaultBodyLimit::max(64 << 20)),
         )
         .route(&format!("{v1}/domains/{{vm}}"), get(domain))
+        .route(
+            &format!("{v1}/domains/{{vm}}/abort-job"),
+            post(abort_domain_job),
+        )
+        .route(
+            &format!("{v1}/domains/{{vm}}/undefine-stale"),
+            post(undefine_stale),
+        )
         .fallback(
             |uri: axum::http::Uri| async move { Error::UnknownEndpoint(uri.path().to_string()) },
         )
@@ -224,7 +234,7 @@ async fn force_complete(State(s): St, Path(id): Path<String>, h: HeaderMap) -> R
 
 async fn finish(State(s): St, Path(id): Path<String>, h: HeaderMap) -> Response {
     guarded(&s, &h, Role::Controller, "finish a migration", || async {
-        s.engine.forget(migration_id(&id)?)
+        s.engine.forget(migration_id(&id)?).await
     })
     .await
 }
@@ -247,21 +257,46 @@ async fn resume(State(s): St, Path(id): Path<String>, h: HeaderMap) -> Response 
 
 async fn domain(State(s): St, Path(vm): Path<String>, h: HeaderMap) -> Response {
     guarded(&s, &h, Role::Controller, "look up a domain", || async {
-        let is_uuid = vm.len() == 36 && vm.bytes().filter(|b| *b == b'-').count() == 4;
-        let r = if is_uuid {
-            DomainRef {
-                name: None,
-                uuid: Some(vm.clone()),
-            }
-        } else {
-            DomainRef {
-                name: Some(vm.clone()),
-                uuid: None,
-            }
-        };
-        s.engine.presence(r).await
+        s.engine.presence(domain_ref(&vm)).await
     })
     .await
+}
+
+async fn abort_domain_job(State(s): St, Path(vm): Path<String>, h: HeaderMap) -> Response {
+    guarded(&s, &h, Role::Controller, "abort a domain's job", || async {
+        s.engine.abort_domain_job(domain_ref(&vm)).await
+    })
+    .await
+}
+
+async fn undefine_stale(State(s): St, Path(vm): Path<String>, h: HeaderMap) -> Response {
+    guarded(
+        &s,
+        &h,
+        Role::Controller,
+        "remove a stale definition",
+        || async {
+            s.engine.undefine_stale(domain_ref(&vm)).await?;
+            Ok(serde_json::json!({ "undefined": true }))
+        },
+    )
+    .await
+}
+
+/// A domain named in a path: a uuid, or a name.
+fn domain_ref(vm: &str) -> DomainRef {
+    let is_uuid = vm.len() == 36 && vm.bytes().filter(|b| *b == b'-').count() == 4;
+    if is_uuid {
+        DomainRef {
+            name: None,
+            uuid: Some(vm.to_string()),
+        }
+    } else {
+        DomainRef {
+            name: Some(vm.to_string()),
+            uuid: None,
+        }
+    }
 }
 
 /// The path a peer may sync for `disk` of migration `id`.

@@ -2,18 +2,20 @@
 //! preparation and cleanup, offline moves with disk sync. Calls are
 //! idempotent per migration id: the id keys every job and preparation.
 
+pub mod adopt;
 pub mod convergence;
 pub mod disksync;
 pub mod offline;
 pub mod progress;
 pub mod source;
+pub mod state;
 pub mod target;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kvmotion_api::agent::{DomainPresence, DomainRef, JobPhase, JobStatus};
+use kvmotion_api::agent::{AbortedJob, DomainPresence, DomainRef, JobPhase, JobStatus};
 use kvmotion_api::migration::MigrationProgress;
 use tokio::sync::Notify;
 
@@ -116,22 +118,30 @@ pub struct Engine {
     jobs: Mutex<HashMap<String, Arc<Job>>>,
     /// Target-side preparations by migration id.
     pub prepared: Mutex<HashMap<String, target::Prepared>>,
+    /// Serializes prepare calls (see `target`).
+    prepare_lock: tokio::sync::Mutex<()>,
+    /// Where jobs and preparations are recorded.
+    pub state: state::StateDir,
     /// Client for peer agents (disk sync).
     pub peer: kvmotion_api::client::AgentClient,
 }
 
 impl Engine {
-    /// An engine over `lv`.
+    /// An engine over `lv`, recording into `state`. Call [`Engine::adopt`]
+    /// before serving, to take back what an earlier run left.
     pub fn new(
         lv: Arc<dyn Libvirt>,
         config: EngineConfig,
         peer: kvmotion_api::client::AgentClient,
+        state: state::StateDir,
     ) -> Arc<Engine> {
         Arc::new(Engine {
             lv,
             config,
             jobs: Mutex::new(HashMap::new()),
             prepared: Mutex::new(HashMap::new()),
+            prepare_lock: tokio::sync::Mutex::new(()),
+            state,
             peer,
         })
     }
@@ -170,8 +180,25 @@ impl Engine {
         Ok((job, true))
     }
 
-    /// Forgets a finished job (`finish` on the source).
-    pub fn forget(&self, id: &str) -> Result<JobStatus, Error> {
+    /// Drops a job that could not be recorded.
+    fn unregister(&self, id: &str) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.remove(id);
+        }
+    }
+
+    /// Registers a job taken back after a restart, with its last status.
+    fn restore(&self, id: &str, vm: DomainRef, status: JobStatus) -> Arc<Job> {
+        let job = Arc::new(Job::new(id, vm, &self.config.node));
+        job.update(|s| *s = status);
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.insert(id.to_string(), job.clone());
+        }
+        job
+    }
+
+    /// Forgets a finished job (`finish` on the source), on disk too.
+    pub async fn forget(&self, id: &str) -> Result<JobStatus, Error> {
         let job = self.job(id)?;
         let status = job.status();
         if !status.phase.is_final() {
@@ -180,19 +207,115 @@ impl Engine {
                 status.phase
             )));
         }
+        let (st, id2) = (self.state.clone(), id.to_string());
+        crate::error::blocking_io(format!("forgetting job {id}"), move || {
+            st.remove(state::Kind::Job, &id2)
+        })
+        .await?;
         if let Ok(mut jobs) = self.jobs.lock() {
             jobs.remove(id);
         }
         Ok(status)
     }
 
-    /// Whether this node has the domain, and its state.
+    /// Whether this node has the domain, its state, and whether libvirt
+    /// runs a job on it.
     pub async fn presence(&self, vm: DomainRef) -> Result<DomainPresence, Error> {
         let lv = self.lv.clone();
-        let domain = blocking(move || lv.domain(&vm)).await?;
+        let (domain, migrating) = blocking(move || {
+            let Some(d) = lv.domain(&vm)? else {
+                return Ok((None, false));
+            };
+            let r = DomainRef {
+                name: None,
+                uuid: Some(d.uuid.clone()),
+            };
+            Ok((Some(d), lv.job(&r)?.is_some()))
+        })
+        .await?;
         Ok(DomainPresence {
             node: self.config.node.clone(),
             domain,
+            migrating,
+        })
+    }
+
+    /// Removes this node's definition of `vm` (its disks stay): the
+    /// controller asks once it confirmed the VM running on another node.
+    /// Refused while a guest runs here, a job runs on it, or a job of this
+    /// agent still moves it.
+    pub async fn undefine_stale(&self, vm: DomainRef) -> Result<(), Error> {
+        let busy = self.jobs.lock().ok().is_some_and(|jobs| {
+            jobs.values().any(|j| {
+                !j.status().phase.is_final()
+                    && (j.vm.uuid.is_some() && j.vm.uuid == vm.uuid
+                        || j.vm.name.is_some() && j.vm.name == vm.name)
+            })
+        });
+        if busy {
+            return Err(Error::Conflict(format!(
+                "a migration of {vm} still runs here; it is not stale"
+            )));
+        }
+        let lv = self.lv.clone();
+        let node = self.config.node.clone();
+        blocking(move || {
+            let Some(d) = lv.domain(&vm)? else {
+                return Ok(Ok(()));
+            };
+            if d.state.has_guest() || lv.job(&vm)?.is_some() {
+                return Ok(Err(Error::DomainState {
+                    vm: d.name,
+                    state: format!("{:?}", d.state),
+                    needed: "only a shut-off definition without a job is removed as stale",
+                }));
+            }
+            tracing::info!(vm = %d.name, uuid = %d.uuid, node = %node, "removing a stale definition");
+            lv.undefine(&vm).map(Ok)
+        })
+        .await?
+    }
+
+    /// Aborts the migration job libvirt runs on `vm` here: through the
+    /// agent's job when one runs it (so its monitor reports the abort),
+    /// else on libvirt directly (a job no record names).
+    pub async fn abort_domain_job(&self, vm: DomainRef) -> Result<AbortedJob, Error> {
+        let lv = self.lv.clone();
+        let found = blocking(move || lv.domain(&vm)).await?;
+        let Some(d) = found else {
+            return Ok(AbortedJob {
+                aborted: false,
+                migration: None,
+            });
+        };
+        let mine = self.jobs.lock().ok().and_then(|jobs| {
+            jobs.values()
+                .find(|j| !j.status().phase.is_final() && j.vm.uuid.as_deref() == Some(&d.uuid))
+                .cloned()
+        });
+        if let Some(job) = mine {
+            let id = job.id.clone();
+            self.abort(&id)?;
+            return Ok(AbortedJob {
+                aborted: true,
+                migration: Some(id),
+            });
+        }
+        let lv = self.lv.clone();
+        let r = DomainRef {
+            name: None,
+            uuid: Some(d.uuid),
+        };
+        let aborted = blocking(move || {
+            if lv.job(&r)?.is_none() {
+                return Ok(false);
+            }
+            lv.abort_job(&r).map(|()| true)
+        })
+        .await?;
+        Ok(AbortedJob {
+            aborted,
+            migration: None,
         })
     }
 }

@@ -12,7 +12,7 @@ use kvmotion_api::migration::{MigrationResult, TransferMode};
 use tracing::{info, warn};
 
 use super::disksync::{self, PassStats};
-use super::source::Outcome;
+use super::source::{Outcome, Transfer};
 use super::{Engine, Job, millis};
 use crate::error::{Error, blocking};
 use crate::libvirt::MigrateCall;
@@ -47,48 +47,63 @@ impl Engine {
         })
     }
 
-    /// Moves a running VM without running it during the move.
+    /// Moves a guest with memory without running it during the move; one
+    /// that was `paused` before stays paused on the target.
     pub(crate) async fn run_offline_running(
         &self,
         job: &Arc<Job>,
         req: &StartRequest,
+        paused: bool,
     ) -> Result<Outcome, Error> {
         let copies = req.disks.iter().any(|d| d.copy);
+        let stopped = Transfer::Stopped {
+            disks_synced: copies,
+        };
         if !copies {
-            // Shared storage: libvirt pauses, moves and resumes the guest.
-            return self.run_libvirt_job(job, req, false, false).await;
+            // Shared storage: libvirt pauses, moves and resumes the guest
+            // (a paused one stays paused).
+            return self.run_libvirt_job(job, req, stopped).await;
         }
         let started = Instant::now();
         job.update(|s| s.phase = JobPhase::Running);
         let first = self.sync_pass(job, req, "pass1").await?;
-        let lv = self.lv.clone();
-        let vm = job.vm.clone();
-        blocking(move || lv.suspend(&vm)).await?;
-        let stopped = Instant::now();
+        if !paused {
+            let lv = self.lv.clone();
+            let vm = job.vm.clone();
+            blocking(move || lv.suspend(&vm)).await?;
+        }
+        let stopped_at = Instant::now();
         job.update(|s| {
             s.progress.mode = TransferMode::Paused;
-            s.actions.push("Pause(offline)".into());
+            if !paused {
+                s.actions.push("Pause(offline)".into());
+            }
         });
         let moved = async {
             let second = self.sync_pass(job, req, "pass2").await?;
-            let outcome = self.run_libvirt_job(job, req, false, true).await?;
+            let outcome = self.run_libvirt_job(job, req, stopped).await?;
             Ok::<_, Error>((second, outcome))
         }
         .await;
         let (second, mut outcome) = match moved {
             Ok(v) if v.1.phase == JobPhase::Completed => v,
             other => {
-                // The VM did not move: it must not stay paused here.
-                let lv = self.lv.clone();
-                let vm = job.vm.clone();
-                if let Err(e) = blocking(move || lv.resume(&vm)).await {
-                    warn!(migration = %job.id, error = %e, "could not resume the guest after a failed offline move");
+                // The VM did not move: it must not stay paused here, unless
+                // it was paused before.
+                if !paused {
+                    let lv = self.lv.clone();
+                    let vm = job.vm.clone();
+                    if let Err(e) = blocking(move || lv.resume(&vm)).await {
+                        warn!(migration = %job.id, error = %e, "could not resume the guest after a failed offline move");
+                    }
                 }
                 return other.map(|(_, o)| o);
             }
         };
-        disksync::resume_on(&self.peer, &req.target.agent_endpoint, &job.id).await?;
-        let stopped_for = stopped.elapsed();
+        if !paused {
+            disksync::resume_on(&self.peer, &req.target.agent_endpoint, &job.id).await?;
+        }
+        let stopped_for = stopped_at.elapsed();
         info!(
             migration = %job.id,
             pass1_bytes = first.sent_bytes,

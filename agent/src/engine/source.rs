@@ -9,13 +9,26 @@ use std::time::{Duration, Instant};
 use kvmotion_api::agent::{DomainRef, JobPhase, JobStatus, ResolvedTuning, StartRequest};
 use kvmotion_api::hypervisor::{DomainInfo, DomainState};
 use kvmotion_api::migration::{MigrationMode, MigrationResult};
+use kvmotion_api::movable::{self, Move};
 use kvmotion_api::tuning::Compression;
 use tracing::{info, warn};
 
 use super::convergence::{self, Action, Policy, Tracker};
+use super::state::{JobRecord, Kind};
 use super::{Engine, Job, millis, progress};
 use crate::error::{Error, blocking};
-use crate::libvirt::{FinalStats, LibvirtEvent, MigrateCall};
+use crate::libvirt::{FinalStats, LibvirtError, LibvirtEvent, MigrateCall};
+
+/// The end of a libvirt job, as the monitor waits for it.
+pub(crate) type JobEnd =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), LibvirtError>> + Send>>;
+
+/// Now, in Unix milliseconds.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, millis)
+}
 
 /// How a job ended, before it is written to the job's status.
 pub(crate) struct Outcome {
@@ -46,17 +59,30 @@ impl Engine {
                     vm: req.vm.to_string(),
                     node: self.config.node.clone(),
                 })?;
-        check_mode(&info, req.mode)?;
+        let how = check_mode(&info, req.mode)?;
         let vm = DomainRef {
             name: Some(info.name.clone()),
             uuid: Some(info.uuid.clone()),
         };
         let (job, new) = self.register(id, vm)?;
         if new {
+            let record = JobRecord {
+                request: req.clone(),
+                vm: job.vm.clone(),
+                how,
+                started_unix_ms: unix_ms(),
+                status: job.status(),
+            };
+            // Recorded before libvirt is asked: a restarted agent must
+            // know every job it may have started.
+            if let Err(e) = self.record_job(&record).await {
+                self.unregister(id);
+                return Err(e);
+            }
             info!(migration = id, vm = %info.name, target = %req.target_node, mode = ?req.mode, "starting migration");
             let engine = self.clone();
             let job2 = job.clone();
-            tokio::spawn(async move { engine.run(job2, req, info).await });
+            tokio::spawn(async move { engine.run(job2, record).await });
         }
         Ok(job.status())
     }
@@ -89,24 +115,38 @@ impl Engine {
         Ok(job.status())
     }
 
-    async fn run(self: Arc<Self>, job: Arc<Job>, mut req: StartRequest, info: DomainInfo) {
-        if let Some(note) = reconcile_tuning(&mut req.tuning) {
+    async fn run(self: Arc<Self>, job: Arc<Job>, record: JobRecord) {
+        let (mut req, how) = (record.request.clone(), record.how);
+        if let Some(note) = reconcile_tuning(&mut req.tuning, how) {
             job.update(|s| s.actions.push(note.into()));
         }
-        let outcome = match (req.mode, info.state) {
-            (MigrationMode::Live, _) => self.run_libvirt_job(&job, &req, true, false).await,
-            (MigrationMode::Offline, DomainState::ShutOff) => {
-                self.run_offline_defined(&job, &req).await
+        let outcome = match how {
+            Move::LiveRunning => self.run_libvirt_job(&job, &req, Transfer::Live).await,
+            Move::LivePaused => self.run_libvirt_job(&job, &req, Transfer::LivePaused).await,
+            Move::OfflineDefinition => self.run_offline_defined(&job, &req).await,
+            Move::OfflineWithMemory { paused } => {
+                self.run_offline_running(&job, &req, paused).await
             }
-            (MigrationMode::Offline, _) => self.run_offline_running(&job, &req).await,
         };
+        self.conclude(&job, record, outcome).await;
+    }
+
+    /// Records how a job ended, in memory and on disk.
+    pub(crate) async fn conclude(
+        &self,
+        job: &Job,
+        mut record: JobRecord,
+        outcome: Result<Outcome, Error>,
+    ) {
         let outcome = outcome.unwrap_or_else(|e| Outcome {
             phase: JobPhase::Failed,
             reason: Some(e.reason()),
             message: Some(crate::error::chain(&e)),
             result: None,
         });
-        let vm_node = self.locate(&job.vm, &req.target_node, outcome.phase).await;
+        let vm_node = self
+            .locate(&job.vm, &record.request.target_node, outcome.phase)
+            .await;
         info!(migration = %job.id, phase = ?outcome.phase, reason = ?outcome.reason, vm_node = ?vm_node, "migration ended");
         job.update(|s| {
             s.phase = outcome.phase;
@@ -120,6 +160,21 @@ impl Engine {
                 s.progress.eta_seconds = Some(0);
             }
         });
+        record.status = job.status();
+        if let Err(e) = self.record_job(&record).await {
+            // The job's end is still served from memory; after a restart
+            // it would be concluded again from libvirt.
+            warn!(migration = %job.id, error = %crate::error::chain(&e), "could not record the end of the job");
+        }
+    }
+
+    /// Writes the job's record.
+    pub(crate) async fn record_job(&self, record: &JobRecord) -> Result<(), Error> {
+        let (st, r) = (self.state.clone(), record.clone());
+        crate::error::blocking_io(format!("job {}", record.status.id), move || {
+            st.save(Kind::Job, &r.status.id, &r)
+        })
+        .await
     }
 
     /// Where the VM is after the job: here when it still runs (or is
@@ -141,30 +196,57 @@ impl Engine {
     }
 
     /// Runs one libvirt migration job and monitors it until it ends.
-    /// `live` keeps the guest running; `disks_synced` says local disks were
-    /// already copied by the agents (so libvirt must not refuse them).
     pub(crate) async fn run_libvirt_job(
         &self,
         job: &Arc<Job>,
         req: &StartRequest,
-        live: bool,
-        disks_synced: bool,
+        transfer: Transfer,
+    ) -> Result<Outcome, Error> {
+        let policy = Policy::from(&req.tuning);
+        let vm = job.vm.clone();
+        let events = self.lv.subscribe();
+        // A paused guest dirties nothing: the downtime is the whole copy
+        // of what is left, so there is nothing for a ramp to trade.
+        if transfer == Transfer::Live {
+            let lv = self.lv.clone();
+            let (vm2, first) = (vm.clone(), convergence::initial_downtime(&policy));
+            if let Err(e) = blocking(move || lv.set_max_downtime(&vm2, first)).await {
+                warn!(migration = %job.id, error = %e, "could not set the initial downtime");
+            }
+        }
+        let call = migrate_call(req, transfer);
+        job.update(|s| s.phase = JobPhase::Running);
+        let lv = self.lv.clone();
+        let handle = tokio::task::spawn_blocking(move || lv.migrate(&vm, &call));
+        let end = Box::pin(async move {
+            handle.await.unwrap_or_else(|e| {
+                Err(LibvirtError::Call {
+                    op: "the migration task",
+                    message: e.to_string(),
+                })
+            })
+        });
+        self.monitor(job, req, transfer, end, events, Instant::now())
+            .await
+    }
+
+    /// Monitors a libvirt job until `end` resolves: samples it, applies the
+    /// convergence policy, carries out abort and force-complete, reports
+    /// progress. `end` is the migration call, or for an adopted job a wait
+    /// for libvirt's job to go away.
+    pub(crate) async fn monitor(
+        &self,
+        job: &Arc<Job>,
+        req: &StartRequest,
+        transfer: Transfer,
+        mut migration: JobEnd,
+        mut events: tokio::sync::broadcast::Receiver<LibvirtEvent>,
+        started: Instant,
     ) -> Result<Outcome, Error> {
         let policy = Policy::from(&req.tuning);
         let vm = job.vm.clone();
         let uuid = vm.uuid.clone().unwrap_or_default();
-        let mut events = self.lv.subscribe();
-        let lv = self.lv.clone();
-        let (vm2, first) = (vm.clone(), convergence::initial_downtime(&policy));
-        if let Err(e) = blocking(move || lv.set_max_downtime(&vm2, first)).await {
-            warn!(migration = %job.id, error = %e, "could not set the initial downtime");
-        }
-        let call = migrate_call(req, live, disks_synced);
-        job.update(|s| s.phase = JobPhase::Running);
-        let started = Instant::now();
-        let lv = self.lv.clone();
-        let vm2 = vm.clone();
-        let mut migration = tokio::task::spawn_blocking(move || lv.migrate(&vm2, &call));
+        let ramp = transfer == Transfer::Live;
         let mut ticker = tokio::time::interval(self.config.poll);
         let mut tracker = Tracker::default();
         let mut final_stats: Option<FinalStats> = None;
@@ -197,10 +279,11 @@ impl Engine {
             }
             if job.force_requested.load(Ordering::SeqCst) && !force_sent {
                 force_sent = true;
-                let action = if req.tuning.post_copy {
-                    Action::StartPostCopy
-                } else {
-                    Action::Pause
+                let action = match (transfer, req.tuning.post_copy) {
+                    // Nothing changes in a stopped guest: the copy ends by itself.
+                    (Transfer::LivePaused | Transfer::Stopped { .. }, _) => Action::Continue,
+                    (Transfer::Live, true) => Action::StartPostCopy,
+                    (Transfer::Live, false) => Action::Pause,
                 };
                 we_paused |= action == Action::Pause;
                 self.act(job, action, "").await;
@@ -213,12 +296,18 @@ impl Engine {
             };
             let d = convergence::decide(tracker, &sample, started.elapsed(), &policy);
             tracker = d.tracker;
-            if let Action::Abort(reason) = d.action {
+            let action = match d.action {
+                Action::SetMaxDowntime(_) | Action::Pause | Action::StartPostCopy if !ramp => {
+                    Action::Continue
+                }
+                a => a,
+            };
+            if let Action::Abort(reason) = action {
                 policy_abort = Some(reason);
             }
-            we_paused |= d.action == Action::Pause;
-            if d.action != Action::Continue {
-                self.act(job, d.action, "").await;
+            we_paused |= action == Action::Pause;
+            if action != Action::Continue {
+                self.act(job, action, "").await;
             }
             let lv = self.lv.clone();
             let vm2 = vm.clone();
@@ -230,7 +319,6 @@ impl Engine {
             job.update(|s| s.progress = progress::report(s.progress.percent, &sample, throttle));
         };
         let wall = started.elapsed();
-        let result = result.map_err(|e| Error::Task(e.to_string()))?;
         match result {
             Ok(()) => {
                 // The job-completed event may trail the call's return.
@@ -339,9 +427,13 @@ async fn wait_for_completion(
 
 /// Settles combinations QEMU refuses before anything reads the tuning:
 /// post-copy does not work with parallel connections (multifd) in QEMU 10,
-/// so asking for parallel connections turns post-copy off for the job.
-/// Returns a note for the job's actions when it changed something.
-fn reconcile_tuning(t: &mut ResolvedTuning) -> Option<&'static str> {
+/// and libvirt refuses it for a paused domain. Returns a note for the job's
+/// actions when it changed something.
+fn reconcile_tuning(t: &mut ResolvedTuning, how: Move) -> Option<&'static str> {
+    if how == Move::LivePaused && t.post_copy {
+        t.post_copy = false;
+        return Some("PostCopyOff(paused guest)");
+    }
     if t.parallel_connections > 1 && t.post_copy {
         t.post_copy = false;
         return Some("PostCopyOff(parallel connections)");
@@ -349,49 +441,47 @@ fn reconcile_tuning(t: &mut ResolvedTuning) -> Option<&'static str> {
     None
 }
 
-/// The mode's requirements on the domain's state.
-fn check_mode(info: &DomainInfo, mode: MigrationMode) -> Result<(), Error> {
-    let ok = match (mode, info.state) {
-        (
-            MigrationMode::Live,
-            DomainState::Running | DomainState::Blocked | DomainState::Paused,
-        ) => true,
-        (MigrationMode::Live, _) => false,
-        (
-            MigrationMode::Offline,
-            DomainState::Running | DomainState::Blocked | DomainState::Paused,
-        ) => true,
-        (MigrationMode::Offline, DomainState::ShutOff) => info.persistent,
-        (MigrationMode::Offline, _) => false,
-    };
-    if ok {
-        return Ok(());
-    }
-    Err(Error::DomainState {
+/// How the guest runs while libvirt moves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transfer {
+    /// Running throughout (live).
+    Live,
+    /// Paused before the move and kept paused (live, arrives paused).
+    LivePaused,
+    /// Stopped for the move (offline); `disks_synced` when the agents
+    /// already copied the local disks.
+    Stopped {
+        /// Local disks were synced by the agents, so libvirt must accept
+        /// them without shared storage.
+        disks_synced: bool,
+    },
+}
+
+/// How the domain moves in `mode`, from the one table in `kvmotion_api`.
+fn check_mode(info: &DomainInfo, mode: MigrationMode) -> Result<Move, Error> {
+    movable::how(mode, info.state, info.persistent).map_err(|no| Error::DomainState {
         vm: info.name.clone(),
         state: format!("{:?}", info.state),
-        needed: match mode {
-            MigrationMode::Live => {
-                "live migration needs a running domain; use mode Offline for a shut-off one"
-            }
-            MigrationMode::Offline => {
-                "offline migration needs a running, paused, or defined shut-off domain"
-            }
-        },
+        needed: no.needed,
     })
 }
 
 /// libvirt's view of the request.
-fn migrate_call(req: &StartRequest, live: bool, disks_synced: bool) -> MigrateCall {
+fn migrate_call(req: &StartRequest, transfer: Transfer) -> MigrateCall {
     let t: &ResolvedTuning = &req.tuning;
+    let (live, disks_synced) = match transfer {
+        Transfer::Live | Transfer::LivePaused => (true, false),
+        Transfer::Stopped { disks_synced } => (false, disks_synced),
+    };
     MigrateCall {
         dest_libvirt_uri: req.target.libvirt_uri.clone(),
         dest_migration_uri: req.target.migration_uri.clone(),
         live,
         offline: false,
         bandwidth_mibps: u64::from(t.bandwidth_mibps),
-        post_copy: t.post_copy && live,
-        auto_converge: t.auto_converge && live,
+        post_copy: t.post_copy && transfer == Transfer::Live,
+        auto_converge: t.auto_converge && transfer == Transfer::Live,
+        keep_paused: transfer == Transfer::LivePaused,
         parallel_connections: t.parallel_connections,
         compression: match t.compression {
             Compression::None => None,
@@ -433,13 +523,39 @@ mod tests {
             ..ResolvedTuning::default()
         };
         assert_eq!(
-            reconcile_tuning(&mut t),
+            reconcile_tuning(&mut t, Move::LiveRunning),
             Some("PostCopyOff(parallel connections)")
         );
         assert!(!t.post_copy);
         let mut single = ResolvedTuning::default();
-        assert_eq!(reconcile_tuning(&mut single), None);
+        assert_eq!(reconcile_tuning(&mut single, Move::LiveRunning), None);
         assert!(single.post_copy);
+    }
+
+    #[test]
+    fn a_paused_guest_moves_without_post_copy_and_arrives_paused() {
+        let mut t = ResolvedTuning::default();
+        assert_eq!(
+            reconcile_tuning(&mut t, Move::LivePaused),
+            Some("PostCopyOff(paused guest)")
+        );
+        let req = StartRequest {
+            vm: DomainRef::default(),
+            target_node: "b".into(),
+            target: kvmotion_api::agent::PrepareResponse {
+                libvirt_uri: String::new(),
+                migration_uri: String::new(),
+                agent_endpoint: String::new(),
+                created_disks: Vec::new(),
+            },
+            mode: MigrationMode::Live,
+            tuning: t,
+            disks: Vec::new(),
+        };
+        let call = migrate_call(&req, Transfer::LivePaused);
+        assert!(call.live && call.keep_paused && !call.post_copy && !call.auto_converge);
+        let running = migrate_call(&req, Transfer::Live);
+        assert!(!running.keep_paused);
     }
 
     #[test]
@@ -449,6 +565,7 @@ mod tests {
         let cases = [
             (Live, Running, true, true),
             (Live, Paused, true, true),
+            (Live, ShuttingDown, true, false),
             (Live, ShutOff, true, false),
             (Live, Crashed, true, false),
             (Offline, Running, true, true),

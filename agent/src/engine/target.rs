@@ -1,20 +1,29 @@
-//! The target side: prepare (capacity, CPU, disk images), cleanup of what
-//! prepare created when the VM did not arrive, and resuming a VM that an
-//! offline move delivered paused.
+//! The target side: prepare (capacity, CPU, disk paths, disk images),
+//! cleanup of what prepare created when the VM did not arrive, and resuming
+//! a VM that an offline move delivered paused.
+//!
+//! Nothing kvmotion did not create is ever written here: prepare refuses a
+//! copied disk whose path exists, and any disk another domain defined here
+//! uses. What prepare created is recorded on disk before it answers, so a
+//! restarted agent still cleans it up.
 
 use std::process::Command;
 use std::sync::Arc;
 
 use kvmotion_api::agent::{DiskPlan, DomainRef, PrepareRequest, PrepareResponse};
-use kvmotion_api::hypervisor::DomainState;
+use kvmotion_api::hypervisor::{DomainInfo, DomainState};
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::Engine;
-use crate::error::{Error, blocking};
+use super::state::Kind;
+use crate::error::{Error, blocking, blocking_io};
 use crate::libvirt::CpuCompat;
 
-/// What `prepare` did for one migration, kept for idempotency and cleanup.
-#[derive(Debug, Clone)]
+/// What `prepare` did for one migration, kept (on disk too) for
+/// idempotency and cleanup.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Prepared {
     /// The answer given.
     pub response: PrepareResponse,
@@ -32,6 +41,13 @@ impl Engine {
         id: &str,
         req: PrepareRequest,
     ) -> Result<PrepareResponse, Error> {
+        if let Some(p) = self.prepared_entry(id) {
+            return Ok(p.response);
+        }
+        // One prepare at a time on this node: a retry of the same migration
+        // waits for the first and gets its answer, and two migrations can
+        // never both find a path free and both create it.
+        let _serial = self.prepare_lock.lock().await;
         if let Some(p) = self.prepared_entry(id) {
             return Ok(p.response);
         }
@@ -56,6 +72,20 @@ impl Engine {
             });
         }
         let lv = self.lv.clone();
+        let here = blocking(move || lv.domains()).await?;
+        let disks = req.disks.clone();
+        blocking_io("checking disk paths", move || {
+            Ok(paths_in_use(&disks, &here))
+        })
+        .await?
+        .map_or(Ok(()), |(path, domain)| {
+            Err(Error::DiskPathInUse {
+                path,
+                domain,
+                node: node.clone(),
+            })
+        })?;
+        let lv = self.lv.clone();
         let host = blocking(move || lv.host()).await?;
         if host.memory.free_bytes < req.memory_bytes {
             return Err(Error::InsufficientMemory {
@@ -72,36 +102,54 @@ impl Engine {
                 return Err(Error::CpuIncompatible { node });
             }
         }
-        let mut created = Vec::new();
         let copies: Vec<DiskPlan> = req.disks.iter().filter(|d| d.copy).cloned().collect();
-        for d in &copies {
-            match create_image(d) {
-                Ok(true) => created.push(d.path.clone()),
-                Ok(false) => {}
-                Err(e) => {
-                    remove_images(&created);
-                    return Err(e);
-                }
-            }
-        }
-        let response = PrepareResponse {
-            libvirt_uri: self.config.libvirt_uri.clone(),
-            migration_uri: self.config.migration_uri.clone(),
-            agent_endpoint: self.config.endpoint.clone(),
-            created_disks: created,
+        let prepared = Prepared {
+            response: PrepareResponse {
+                libvirt_uri: self.config.libvirt_uri.clone(),
+                migration_uri: self.config.migration_uri.clone(),
+                agent_endpoint: self.config.endpoint.clone(),
+                created_disks: copies.iter().map(|d| d.path.clone()).collect(),
+            },
+            vm: req.vm.clone(),
+            writable_disks: copies.clone(),
         };
-        info!(migration = id, vm = %req.vm, disks = copies.len(), "prepared to receive");
-        if let Ok(mut p) = self.prepared.lock() {
-            p.insert(
-                id.to_string(),
-                Prepared {
-                    response: response.clone(),
-                    vm: req.vm,
-                    writable_disks: copies,
-                },
-            );
+        // Recorded before the first image exists: an agent killed halfway
+        // still knows what to remove.
+        self.record_prepared(id, &prepared).await?;
+        let made = tokio::task::spawn_blocking(move || create_images(&copies))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?;
+        if let Err((path, source)) = made {
+            self.forget_prepared(id).await;
+            return Err(Error::DiskImage { path, source });
         }
-        Ok(response)
+        info!(migration = id, vm = %req.vm, disks = prepared.writable_disks.len(), "prepared to receive");
+        if let Ok(mut p) = self.prepared.lock() {
+            p.insert(id.to_string(), prepared.clone());
+        }
+        Ok(prepared.response)
+    }
+
+    async fn record_prepared(&self, id: &str, p: &Prepared) -> Result<(), Error> {
+        let (state, id2, p) = (self.state.clone(), id.to_string(), p.clone());
+        blocking_io(format!("the preparation of {id}"), move || {
+            state.save(Kind::Prepared, &id2, &p)
+        })
+        .await
+    }
+
+    async fn forget_prepared(&self, id: &str) {
+        if let Ok(mut map) = self.prepared.lock() {
+            map.remove(id);
+        }
+        let (state, id2) = (self.state.clone(), id.to_string());
+        if let Err(e) = blocking_io("removing a preparation", move || {
+            state.remove(Kind::Prepared, &id2)
+        })
+        .await
+        {
+            warn!(migration = id, error = %crate::error::chain(&e), "could not remove a preparation record");
+        }
     }
 
     /// Removes what `prepare` created, unless the VM arrived (then its disks
@@ -116,12 +164,15 @@ impl Engine {
         let removed = if arrived {
             Vec::new()
         } else {
-            remove_images(&p.response.created_disks);
+            let paths = p.response.created_disks.clone();
+            blocking_io("removing prepared images", move || {
+                remove_images(&paths);
+                Ok(())
+            })
+            .await?;
             p.response.created_disks.clone()
         };
-        if let Ok(mut map) = self.prepared.lock() {
-            map.remove(id);
-        }
+        self.forget_prepared(id).await;
         Ok(removed)
     }
 
@@ -152,19 +203,53 @@ impl Engine {
     }
 }
 
-/// Creates an empty image of the disk's format and virtual size, unless one
-/// exists. Returns whether it created one.
-fn create_image(d: &DiskPlan) -> Result<bool, Error> {
+/// The first disk of `disks` whose path is in use here, and the domain
+/// using it: a copied disk's file must not exist at all, and no domain
+/// defined here may use any of the paths.
+fn paths_in_use(disks: &[DiskPlan], here: &[DomainInfo]) -> Option<(String, Option<String>)> {
+    for d in disks {
+        let user = here.iter().find(|dom| {
+            dom.disks
+                .iter()
+                .any(|x| x.source.as_deref() == Some(&d.path))
+        });
+        if let Some(dom) = user {
+            return Some((d.path.clone(), Some(dom.name.clone())));
+        }
+        if d.copy && std::path::Path::new(&d.path).exists() {
+            return Some((d.path.clone(), None));
+        }
+    }
+    None
+}
+
+/// Creates every image, or none: on a failure the ones made are removed
+/// and the failing path is returned with its error.
+fn create_images(copies: &[DiskPlan]) -> Result<(), (String, std::io::Error)> {
+    let mut made = Vec::new();
+    for d in copies {
+        if let Err(e) = create_image(d) {
+            remove_images(&made);
+            return Err((d.path.clone(), e));
+        }
+        made.push(d.path.clone());
+    }
+    Ok(())
+}
+
+/// Creates an empty image of the disk's format and virtual size. Refuses a
+/// path that exists (`create_new`), so a file that appeared since the check
+/// is never truncated.
+fn create_image(d: &DiskPlan) -> std::io::Result<()> {
     let path = std::path::Path::new(&d.path);
-    if path.exists() {
-        return Ok(false);
-    }
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| Error::DiskImage {
-            path: d.path.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir)?;
     }
+    // Claims the path: qemu-img would overwrite an existing file.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
     let out = Command::new("qemu-img")
         .args([
             "create",
@@ -174,18 +259,18 @@ fn create_image(d: &DiskPlan) -> Result<bool, Error> {
             &d.path,
             &d.capacity_bytes.to_string(),
         ])
-        .output()
-        .map_err(|source| Error::DiskImage {
-            path: d.path.clone(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(Error::DiskImage {
-            path: d.path.clone(),
-            source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).trim().to_string()),
-        });
-    }
-    Ok(true)
+        .output();
+    let failed = match out {
+        Ok(o) if o.status.success() => return Ok(()),
+        Ok(o) => std::io::Error::other(format!(
+            "qemu-img create {}: {}",
+            d.path,
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => std::io::Error::new(e.kind(), format!("running qemu-img: {e}")),
+    };
+    let _ = std::fs::remove_file(path);
+    Err(failed)
 }
 
 fn remove_images(paths: &[String]) {

@@ -4,6 +4,8 @@
 //! them on `spawn_blocking`.
 
 pub mod events;
+#[cfg(test)]
+pub mod fake;
 pub mod virt_impl;
 pub mod xml;
 
@@ -64,6 +66,8 @@ pub struct MigrateCall {
     pub post_copy: bool,
     /// Throttle a guest that dirties memory too fast.
     pub auto_converge: bool,
+    /// Leave the guest paused on the target (it was paused on the source).
+    pub keep_paused: bool,
     /// Parallel connections (> 1 enables multifd).
     pub parallel_connections: u8,
     /// Compression method names ("xbzrle", "zstd", "zlib"); empty = none.
@@ -138,6 +142,15 @@ pub trait Libvirt: Send + Sync + 'static {
     fn migrate(&self, vm: &DomainRef, call: &MigrateCall) -> Result<(), LibvirtError>;
     /// Statistics of the running job; `None` when no job runs.
     fn job(&self, vm: &DomainRef) -> Result<Option<JobSample>, LibvirtError>;
+    /// Final figures of the last job libvirt completed for `vm` on the
+    /// daemon at `uri` (another node's): a migration's target keeps them
+    /// after the source's copy of the domain is gone. `None` when it has
+    /// none.
+    fn completed_stats_at(
+        &self,
+        uri: &str,
+        vm: &DomainRef,
+    ) -> Result<Option<FinalStats>, LibvirtError>;
     /// Auto-converge throttle of the running job, percent.
     fn job_throttle(&self, vm: &DomainRef) -> Result<Option<u8>, LibvirtError>;
     /// Aborts the running job.

@@ -14,7 +14,8 @@ use virt::domain::Domain;
 use virt::sys;
 
 use super::{
-    CpuCompat, GuestCpu, HostFacts, Libvirt, LibvirtError, LibvirtEvent, MigrateCall, events, xml,
+    CpuCompat, FinalStats, GuestCpu, HostFacts, Libvirt, LibvirtError, LibvirtEvent, MigrateCall,
+    events, xml,
 };
 use crate::engine::convergence::JobSample;
 
@@ -188,6 +189,9 @@ fn migrate_flags(call: &MigrateCall, persistent: bool) -> u32 {
     if call.auto_converge {
         flags |= sys::VIR_MIGRATE_AUTO_CONVERGE;
     }
+    if call.keep_paused {
+        flags |= sys::VIR_MIGRATE_PAUSED;
+    }
     if call.parallel_connections > 1 {
         flags |= sys::VIR_MIGRATE_PARALLEL;
     }
@@ -335,7 +339,7 @@ impl Libvirt for VirtLibvirt {
             let Some(dom) = self.lookup(conn, vm)? else {
                 return Ok(None);
             };
-            let Some(s) = raw_job_stats(&dom)? else {
+            let Some(s) = raw_job_stats(&dom, 0)? else {
                 return Ok(None);
             };
             let (state, reason) = raw_state(&dom)?;
@@ -358,12 +362,30 @@ impl Libvirt for VirtLibvirt {
         })
     }
 
+    fn completed_stats_at(
+        &self,
+        uri: &str,
+        vm: &DomainRef,
+    ) -> Result<Option<FinalStats>, LibvirtError> {
+        let conn = Connect::open(Some(uri)).map_err(|e| LibvirtError::Connect {
+            uri: uri.to_string(),
+            message: e.message().to_string(),
+        })?;
+        let stats = match self.lookup(&conn, vm)? {
+            Some(dom) => raw_job_stats(&dom, sys::VIR_DOMAIN_JOB_STATS_COMPLETED)?,
+            None => None,
+        };
+        // Dropping the handle closes the connection.
+        drop(conn);
+        Ok(stats.map(|s| events::final_stats(&s)))
+    }
+
     fn job_throttle(&self, vm: &DomainRef) -> Result<Option<u8>, LibvirtError> {
         self.with_conn(|conn| {
             let Some(dom) = self.lookup(conn, vm)? else {
                 return Ok(None);
             };
-            Ok(raw_job_stats(&dom)?
+            Ok(raw_job_stats(&dom, 0)?
                 .and_then(|s| s.auto_converge_throttle)
                 .map(|t| t.clamp(0, 100) as u8))
         })
@@ -459,13 +481,14 @@ fn check(r: c_int, op: &'static str) -> Result<(), LibvirtError> {
 /// from a NULL pointer when no job runs and frees libvirt's memory with
 /// Rust's allocator. Here the parameters are copied, converted (strings are
 /// copied, not freed) and then freed by libvirt.
-fn raw_job_stats(dom: &Domain) -> Result<Option<virt::domain::JobStats>, LibvirtError> {
+fn raw_job_stats(dom: &Domain, flags: u32) -> Result<Option<virt::domain::JobStats>, LibvirtError> {
     let mut kind: c_int = 0;
     let mut params: sys::virTypedParameterPtr = std::ptr::null_mut();
     let mut nparams: c_int = 0;
     // SAFETY: out-pointers are valid; libvirt allocates `params`.
-    let r =
-        unsafe { sys::virDomainGetJobStats(dom.as_ptr(), &mut kind, &mut params, &mut nparams, 0) };
+    let r = unsafe {
+        sys::virDomainGetJobStats(dom.as_ptr(), &mut kind, &mut params, &mut nparams, flags)
+    };
     check(r, "virDomainGetJobStats")?;
     if params.is_null() || nparams <= 0 {
         return Ok(None);

@@ -5,28 +5,47 @@ use kvmotion_api::Phase;
 use kvmotion_api::client::{AgentClient, Error as CallError};
 use kvmotion_api::hypervisor::DomainInfo;
 
-use super::decide::{Effect, Endpoint, Outcome, flight_endpoints};
+use super::decide::{Effect, Endpoint, Outcome, Placement, flight_endpoints, stale_copy};
 use super::observe::{AgentFailure, Observed, Reading};
 
-/// Asks the agents what the migration's phase needs to know.
+/// Asks the agents what the migration's phase needs to know. An agent
+/// without an endpoint reads as one that does not answer.
 pub async fn read(client: &AgentClient, obs: &Observed) -> Reading {
-    let Ok((source, target)) = flight_endpoints(obs) else {
-        return Reading::Nothing;
+    let asks = matches!(
+        obs.status.phase,
+        Some(Phase::Migrating) | Some(Phase::Finalizing)
+    );
+    let (source, target) = match flight_endpoints(obs) {
+        Ok(e) => e,
+        Err(f) if asks && obs.status.phase == Some(Phase::Migrating) => {
+            return Reading::Job(Err(f));
+        }
+        Err(f) if asks => {
+            return Reading::Presence {
+                source: Err(f.clone()),
+                target: Err(f),
+            };
+        }
+        Err(_) => return Reading::Nothing,
     };
+    let vm = obs
+        .status
+        .vm
+        .as_ref()
+        .map(|v| v.uuid.clone())
+        .unwrap_or_default();
     match obs.status.phase {
-        Some(Phase::Migrating) => Reading::Job(
-            client
-                .status(&source.url, &obs.uid, None)
-                .await
-                .map_err(|e| AgentFailure::from_client(&source.node, &e)),
-        ),
+        Some(Phase::Migrating) => match client.status(&source.url, &obs.uid, None).await {
+            Ok(job) => Reading::Job(Ok(job)),
+            Err(e) if e.reason() == Some("UnknownMigration") => Reading::Unrecorded(
+                client
+                    .domain(&source.url, &vm)
+                    .await
+                    .map_err(|e| AgentFailure::from_client(&source.node, &e)),
+            ),
+            Err(e) => Reading::Job(Err(AgentFailure::from_client(&source.node, &e))),
+        },
         Some(Phase::Finalizing) => {
-            let vm = obs
-                .status
-                .vm
-                .as_ref()
-                .map(|v| v.uuid.clone())
-                .unwrap_or_default();
             let (s, t) = tokio::join!(
                 presence(client, &source, &vm),
                 presence(client, &target, &vm)
@@ -61,7 +80,7 @@ async fn presence(
 
 fn failed(node: &str, e: &CallError) -> Outcome {
     let f = AgentFailure::from_client(node, e);
-    if f.unreachable {
+    if f.transient {
         Outcome::Unreachable(f)
     } else {
         Outcome::Refused(f)
@@ -92,14 +111,32 @@ pub async fn act(client: &AgentClient, id: &str, effect: &Effect) -> Outcome {
             Ok(_) => Outcome::Done,
             Err(e) => failed(&source.node, &e),
         },
-        Effect::Finish { source, target } => {
+        Effect::Finish {
+            source,
+            target,
+            stale_source,
+        } => {
             if let Err(e) = client.finish(&source.url, id).await {
                 return failed(&source.node, &e);
             }
-            match client.cleanup(&target.url, id).await {
-                Ok(_) => Outcome::Done,
-                Err(e) => failed(&target.node, &e),
+            if let Err(e) = client.cleanup(&target.url, id).await {
+                return failed(&target.node, &e);
             }
+            if let Some(vm) = stale_source
+                && let Err(e) = client.undefine_stale(&source.url, vm).await
+            {
+                if !e.is_refusal() {
+                    return failed(&source.node, &e);
+                }
+                let mut f = AgentFailure::from_client(&source.node, &e);
+                f.reason = Some(
+                    kvmotion_api::ConditionReason::VMDefinedTwice
+                        .as_str()
+                        .into(),
+                );
+                return Outcome::Refused(f);
+            }
+            Outcome::Done
         }
         Effect::Settle { source, target, vm } => settle(client, id, source, target, vm).await,
     }
@@ -125,8 +162,21 @@ async fn settle(
                 Err(e) => failed(&source.node, &e),
             };
         }
-        // Final, or never started (the agent does not know the id).
         Ok(_) => {}
+        // No record of the id: a job libvirt runs on the VM is stopped all
+        // the same (the agent may have lost its records).
+        Err(e) if e.reason() == Some("UnknownMigration") => {
+            match client.abort_domain_job(&source.url, vm).await {
+                Ok(a) if a.aborted => {
+                    return Outcome::Stopping(
+                        "aborted a migration job libvirt ran on the VM without an agent record; waiting for it to stop".into(),
+                    );
+                }
+                Ok(_) => {}
+                Err(e) if e.is_refusal() => {}
+                Err(e) => return failed(&source.node, &e),
+            }
+        }
         Err(e) if e.is_refusal() => {}
         Err(e) => return failed(&source.node, &e),
     }
@@ -147,9 +197,27 @@ async fn settle(
         match answer {
             Ok(Some(d)) => places.push((at.node.clone(), d.state)),
             Ok(None) => {}
-            Err(f) if f.unreachable => return Outcome::Unreachable(f),
+            Err(f) if f.transient => return Outcome::Unreachable(f),
             Err(f) => return Outcome::Refused(f),
         }
     }
-    Outcome::Located(places)
+    // The VM confirmed running on one node: a shut-off copy elsewhere goes,
+    // so nobody ever starts it a second time. If it will not go, the
+    // placement still lists it and the condition says so.
+    let mut removed_stale = None;
+    if let Some(stale) = stale_copy(&places).map(str::to_string) {
+        let at = if stale == source.node { source } else { target };
+        match client.undefine_stale(&at.url, vm).await {
+            Ok(_) => {
+                places.retain(|(n, _)| *n != stale);
+                removed_stale = Some(stale);
+            }
+            Err(e) if e.is_refusal() => {}
+            Err(e) => return failed(&at.node, &e),
+        }
+    }
+    Outcome::Located(Placement {
+        places,
+        removed_stale,
+    })
 }

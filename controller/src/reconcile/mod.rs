@@ -246,6 +246,26 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Act
 async fn drive(obj: &DynamicObject, ctx: &Arc<Context>, deleting: bool) -> Result<Action, Error> {
     let t0 = Instant::now();
     let mut obs = observe::observe(obj);
+    if let Some(message) = obs.status_problem.clone() {
+        // Nothing is decided from a status that cannot be read: it records
+        // what the agents were asked. A person fixes it; the edit wakes us.
+        ctx.events.send(
+            reference(obj),
+            vec![events::Note {
+                warning: true,
+                reason: kvmotion_api::ConditionReason::StatusUnreadable
+                    .as_str()
+                    .into(),
+                message: format!(
+                    "the status cannot be read ({message}); nothing is done until it is fixed"
+                ),
+            }],
+        );
+        return Err(Error::StatusUnreadable {
+            name: obs.name,
+            message,
+        });
+    }
     obs.world = ctx.world(obs.status.phase);
     obs.last_progress_write = ctx
         .progress_written
@@ -258,12 +278,16 @@ async fn drive(obj: &DynamicObject, ctx: &Arc<Context>, deleting: bool) -> Resul
     let t_read = t0.elapsed();
     let now = Timestamp::now();
     let decision = if deleting {
-        decide::cancel(&obs, now)
+        decide::cancel(&obs, &ctx.settings, now)
     } else {
         admit_atomically(ctx, &mut obs, now)
     };
     let decision = match decision.effect.clone() {
         Some(effect) => {
+            // A side effect is decided from fresh state only: a cache that
+            // lags behind a write could start a job again or act on a
+            // migration that already ended.
+            fresh(ctx, &obs).await?;
             let outcome = agents::act(&ctx.agents, &obs.uid, &effect).await;
             debug!(migration = %obs.name, ?effect, ?outcome, "agent call");
             decide::outcome::apply(
@@ -302,6 +326,25 @@ async fn drive(obj: &DynamicObject, ctx: &Arc<Context>, deleting: bool) -> Resul
     Ok(decision.next.into())
 }
 
+/// Fails with a conflict unless the stored object is still the one `obs`
+/// was read from.
+async fn fresh(ctx: &Context, obs: &Observed) -> Result<(), Error> {
+    let now = ctx
+        .api
+        .get_metadata(&obs.name)
+        .await
+        .map_err(|source| Error::ReadMigration {
+            name: obs.name.clone(),
+            source,
+        })?;
+    if now.metadata.resource_version.as_deref() == Some(obs.resource_version.as_str()) {
+        return Ok(());
+    }
+    Err(Error::StatusConflict {
+        name: obs.name.clone(),
+    })
+}
+
 /// Decides with reservations merged, holding their lock so that two
 /// reconciles cannot both take the last slot or the same VM.
 fn admit_atomically(ctx: &Context, obs: &mut Observed, now: Timestamp) -> Decision {
@@ -330,7 +373,12 @@ async fn record(
     if d.status == obs.status {
         return Ok(());
     }
-    status::write(&ctx.api, &obs.name, &d.status).await?;
+    if obs.status.phase.is_some_and(Phase::is_terminal) && d.status.phase != obs.status.phase {
+        // A decided end stands; whatever asked to change it is a bug.
+        warn!(migration = %obs.name, from = ?obs.status.phase, to = ?d.status.phase, "refusing to overwrite a terminal phase");
+        return Ok(());
+    }
+    status::write(&ctx.api, &obs.name, &obs.resource_version, &d.status).await?;
     let now = Timestamp::now();
     if d.status.progress != obs.status.progress
         && let Ok(mut m) = ctx.progress_written.lock()
@@ -372,8 +420,11 @@ fn reference(obj: &DynamicObject) -> ObjectReference {
 /// for its job to stop looks again soon.
 pub fn error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Context>) -> Action {
     let name = obj.metadata.name.clone().unwrap_or_default();
-    if let Error::CancelPending { .. } = err {
-        return Action::requeue(Duration::from_secs(1));
+    match err {
+        Error::CancelPending { .. } => return Action::requeue(Duration::from_secs(1)),
+        // The newer object is on its way through the watch; look at it soon.
+        Error::StatusConflict { .. } => return Action::requeue(Duration::from_millis(200)),
+        _ => {}
     }
     warn!(migration = %name, category = err.category(), error = %crate::error::chain(err), "reconcile failed");
     if !err.is_transient() {

@@ -3,7 +3,7 @@
 
 use jiff::Timestamp;
 use kube::api::DynamicObject;
-use kvmotion_api::agent::JobStatus;
+use kvmotion_api::agent::{DomainPresence, JobStatus};
 use kvmotion_api::hypervisor::DomainInfo;
 use kvmotion_api::{VirtualMachineMigrationSpec, VirtualMachineMigrationStatus};
 use tracing::warn;
@@ -26,8 +26,14 @@ pub struct Observed {
     pub generation: i64,
     /// The spec, or why it cannot be acted on.
     pub spec: Result<VirtualMachineMigrationSpec, SpecProblem>,
-    /// Current status (empty when none was written yet).
+    /// `metadata.resourceVersion`: status writes are conditional on it.
+    pub resource_version: String,
+    /// Current status (empty when none was written yet, or unreadable).
     pub status: VirtualMachineMigrationStatus,
+    /// Why the stored status cannot be read. The controller then acts on
+    /// nothing and writes nothing: the status is the record of what the
+    /// agents were asked, and a reset would start the migration again.
+    pub status_problem: Option<String>,
     /// Inventories, policies, heartbeats and other migrations.
     pub world: World,
     /// What the agents said, for the phases that ask them.
@@ -43,6 +49,9 @@ pub enum Reading {
     Nothing,
     /// The source agent's job.
     Job(Result<JobStatus, AgentFailure>),
+    /// The source agent has no record of the job: where the VM is there,
+    /// and whether libvirt runs a job on it.
+    Unrecorded(Result<DomainPresence, AgentFailure>),
     /// Where the VM is: the source's and the target's answer.
     Presence {
         /// The source node's answer.
@@ -57,8 +66,10 @@ pub enum Reading {
 pub struct AgentFailure {
     /// The agent's node.
     pub node: String,
-    /// True when it did not answer at all (or not in time).
-    pub unreachable: bool,
+    /// True when asking again may help: no answer, no answer in time, or
+    /// a 5xx (the agent could not check the token, libvirtd blinked). Only
+    /// a 4xx is the agent's considered refusal.
+    pub transient: bool,
     /// The agent's reason when it refused (e.g. "UnknownMigration").
     pub reason: Option<String>,
     /// What happened.
@@ -70,7 +81,7 @@ impl AgentFailure {
     pub fn from_client(node: &str, e: &kvmotion_api::client::Error) -> AgentFailure {
         AgentFailure {
             node: node.to_string(),
-            unreachable: !matches!(e, kvmotion_api::client::Error::Refused { .. }),
+            transient: !e.is_refusal(),
             reason: e.reason().map(str::to_string),
             message: kvmotion_api::error_chain(e),
         }
@@ -88,14 +99,18 @@ pub struct SpecProblem {
 pub fn observe(obj: &DynamicObject) -> Observed {
     let name = obj.metadata.name.clone().unwrap_or_default();
     let spec = parse_spec(obj.data.get("spec"));
-    // The controller is the only writer of status, so a status it cannot
-    // read is simply rewritten from scratch.
-    let status = match obj.data.get("status") {
-        None | Some(serde_json::Value::Null) => VirtualMachineMigrationStatus::default(),
-        Some(raw) => serde_json::from_value(raw.clone()).unwrap_or_else(|e| {
-            warn!(migration = %name, error = %e, "unreadable status; rewriting it");
-            VirtualMachineMigrationStatus::default()
-        }),
+    let (status, status_problem) = match obj.data.get("status") {
+        None | Some(serde_json::Value::Null) => (VirtualMachineMigrationStatus::default(), None),
+        Some(raw) => match serde_json::from_value(raw.clone()) {
+            Ok(s) => (s, None),
+            Err(e) => {
+                warn!(migration = %name, error = %e, "unreadable status; leaving it as it is");
+                (
+                    VirtualMachineMigrationStatus::default(),
+                    Some(e.to_string()),
+                )
+            }
+        },
     };
     Observed {
         name,
@@ -104,7 +119,9 @@ pub fn observe(obj: &DynamicObject) -> Observed {
         deleting_since: obj.metadata.deletion_timestamp.as_ref().map(|t| t.0),
         generation: obj.metadata.generation.unwrap_or(0),
         spec,
+        resource_version: obj.metadata.resource_version.clone().unwrap_or_default(),
         status,
+        status_problem,
         world: World::default(),
         reading: Reading::Nothing,
         last_progress_write: None,
@@ -169,10 +186,16 @@ mod tests {
     }
 
     #[test]
-    fn an_unreadable_status_is_treated_as_empty() {
+    fn an_unreadable_status_is_a_problem_not_a_fresh_start() {
         let o = observe(&object(
             json!({"spec": {"vm": {"name": "x"}}, "status": {"phase": 7}}),
         ));
-        assert_eq!(o.status, VirtualMachineMigrationStatus::default());
+        let problem = o.status_problem.expect("a problem");
+        assert!(
+            problem.contains("phase") || problem.contains("7"),
+            "{problem}"
+        );
+        let fine = observe(&object(json!({"spec": {"vm": {"name": "x"}}})));
+        assert_eq!(fine.status_problem, None);
     }
 }

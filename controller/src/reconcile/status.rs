@@ -1,5 +1,6 @@
 //! Write status: server-side apply on the status subresource, as the one
-//! field manager that owns a migration's status.
+//! field manager that owns a migration's status, conditional on the
+//! resourceVersion the decision was made from.
 
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kvmotion_api::{CONTROLLER_MANAGER, VirtualMachineMigrationStatus};
@@ -7,16 +8,20 @@ use serde_json::json;
 
 use crate::Error;
 
-/// Applies `status` to migration `name`. The whole status is applied each
-/// time, so fields the controller stops setting are removed.
+/// Applies `status` to migration `name`, only if the object still has
+/// `resource_version` (the API server answers 409 otherwise). The whole
+/// status is applied each time, so fields the controller stops setting are
+/// removed.
 pub async fn write(
     api: &Api<DynamicObject>,
     name: &str,
+    resource_version: &str,
     status: &VirtualMachineMigrationStatus,
 ) -> Result<(), Error> {
     let patch = json!({
         "apiVersion": format!("{}/{}", kvmotion_api::GROUP, kvmotion_api::VERSION),
         "kind": "VirtualMachineMigration",
+        "metadata": {"name": name, "resourceVersion": resource_version},
         "status": status,
     });
     api.patch_status(
@@ -26,8 +31,21 @@ pub async fn write(
     )
     .await
     .map(|_| ())
-    .map_err(|source| Error::WriteStatus {
-        name: name.to_string(),
-        source,
+    .map_err(|source| {
+        if is_conflict(&source) {
+            Error::StatusConflict {
+                name: name.to_string(),
+            }
+        } else {
+            Error::WriteStatus {
+                name: name.to_string(),
+                source,
+            }
+        }
     })
+}
+
+/// Whether the API server refused a write because the object changed.
+pub fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
 }

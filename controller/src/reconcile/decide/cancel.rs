@@ -5,13 +5,15 @@
 use jiff::Timestamp;
 use kvmotion_api::Phase;
 
-use super::outcome::cancelled;
-use super::{Decision, flight, settle_pending};
+use super::outcome::{cancelled, hold_for_agent};
+use super::{Decision, Settings, flight, settle_pending};
 use crate::reconcile::observe::Observed;
 
 /// What to do with a migration being deleted. `finished` is set once the
-/// finalizer may be removed; otherwise the effect must run first.
-pub fn cancel(obs: &Observed, now: Timestamp) -> Decision {
+/// finalizer may be removed; otherwise the effect must run first. The
+/// finalizer is never released while a job may run: an agent that cannot
+/// be asked holds the deletion (the Settled condition says what to do).
+pub fn cancel(obs: &Observed, s: &Settings, now: Timestamp) -> Decision {
     let mut d = Decision::keep(obs);
     let in_flight = match obs.status.phase {
         None | Some(Phase::Pending) | Some(Phase::Scheduling) | Some(Phase::Prechecking) => false,
@@ -19,18 +21,19 @@ pub fn cancel(obs: &Observed, now: Timestamp) -> Decision {
         Some(Phase::Failed) | Some(Phase::Cancelled) => settle_pending(&obs.status),
         Some(Phase::Succeeded) => false,
     };
-    let settle = in_flight.then(|| flight::settle_effect(obs)).flatten();
-    match settle {
-        Some(effect) => d.effect = Some(effect),
-        None => {
-            cancelled(
-                obs,
-                &mut d,
-                "no agent had acted; the VM was not touched".into(),
-                now,
-            );
-            d.finished = true;
-        }
+    if !in_flight {
+        cancelled(
+            obs,
+            &mut d,
+            "no agent had acted; the VM was not touched".into(),
+            now,
+        );
+        d.finished = true;
+        return d;
+    }
+    match flight::settle_effect(obs) {
+        Ok(effect) => d.effect = Some(effect),
+        Err(f) => hold_for_agent(obs, s, &mut d, &f, now),
     }
     d
 }

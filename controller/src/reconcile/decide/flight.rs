@@ -2,8 +2,10 @@
 //! verify the arrival, and settle after a failure.
 
 use jiff::Timestamp;
-use kvmotion_api::agent::{JobPhase, PrepareRequest, PrepareResponse, StartRequest};
-use kvmotion_api::hypervisor::{DomainInfo, DomainState};
+use kvmotion_api::agent::{
+    DomainPresence, JobPhase, PrepareRequest, PrepareResponse, StartRequest,
+};
+use kvmotion_api::hypervisor::DomainInfo;
 use kvmotion_api::migration::{MigrationMode, TransferMode};
 use kvmotion_api::{ConditionReason as R, ConditionType as C, Phase};
 
@@ -13,14 +15,28 @@ use crate::precheck;
 use crate::reconcile::conditions;
 use crate::reconcile::observe::{AgentFailure, Observed, Reading};
 
-/// The agents of the source and target, from the inventories.
-pub fn endpoints(obs: &Observed) -> Result<(Endpoint, Endpoint), String> {
-    let get = |node: &Option<String>| -> Result<Endpoint, String> {
-        let node = node.clone().ok_or("status names no node")?;
-        let url = obs
-            .world
-            .endpoint(&node)
-            .ok_or_else(|| format!("the agent on {node} publishes no endpoint"))?;
+/// The agents of the source and target, from the inventories. A missing
+/// endpoint is a transient failure of that node's agent: it counts toward
+/// AgentUnreachable like an agent that does not answer.
+pub fn endpoints(obs: &Observed) -> Result<(Endpoint, Endpoint), AgentFailure> {
+    let get = |node: &Option<String>| -> Result<Endpoint, AgentFailure> {
+        let missing = |node: &str, message: String| AgentFailure {
+            node: node.to_string(),
+            transient: true,
+            reason: None,
+            message,
+        };
+        let node = node
+            .clone()
+            .ok_or_else(|| missing("?", "status names no node".into()))?;
+        let url = obs.world.endpoint(&node).ok_or_else(|| {
+            missing(
+                &node,
+                format!(
+                    "the agent on {node} publishes no endpoint (is its Hypervisor object there?)"
+                ),
+            )
+        })?;
         Ok(Endpoint { node, url })
     };
     Ok((get(&obs.status.source_node)?, get(&obs.status.target_node)?))
@@ -36,7 +52,7 @@ pub fn preparing(obs: &Observed, d: &mut Decision, now: Timestamp) {
     };
     let (source, target) = match endpoints(obs) {
         Ok(e) => e,
-        Err(m) => return d.fail(obs, None, R::AgentUnavailable.as_str(), m, now),
+        Err(f) => return d.fail(obs, None, R::AgentUnavailable.as_str(), f.message, now),
     };
     let (Ok(spec), Some(policy)) = (&obs.spec, &obs.status.policy) else {
         return;
@@ -127,18 +143,11 @@ pub fn reachable_now(obs: &Observed, d: &mut Decision, now: Timestamp) {
 pub fn migrating(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp) {
     let job = match &obs.reading {
         Reading::Job(Ok(job)) => job,
-        Reading::Job(Err(f)) if f.unreachable => return unreachable(obs, s, d, f, now),
+        Reading::Job(Err(f)) if f.transient => return unreachable(obs, s, d, f, now),
         Reading::Job(Err(f)) => {
-            let m = if f.reason.as_deref() == Some("UnknownMigration") {
-                format!(
-                    "the agent on {} no longer knows the job (it restarted); {}",
-                    f.node, f.message
-                )
-            } else {
-                f.message.clone()
-            };
-            return d.fail_settling(obs, None, "JobLost", m, now);
+            return d.fail_settling(obs, None, R::JobLost.as_str(), f.message.clone(), now);
         }
+        Reading::Unrecorded(presence) => return unrecorded(obs, s, d, presence, now),
         Reading::Nothing | Reading::Presence { .. } => return,
     };
     reachable_now(obs, d, now);
@@ -184,32 +193,73 @@ pub fn migrating(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp)
     }
 }
 
+/// The source agent has no record of the job (its state directory was
+/// lost). While libvirt still runs a job on the VM there, wait for it; once
+/// none runs, where the VM is decides: Finalizing verifies it.
+fn unrecorded(
+    obs: &Observed,
+    s: &Settings,
+    d: &mut Decision,
+    presence: &Result<DomainPresence, AgentFailure>,
+    now: Timestamp,
+) {
+    let p = match presence {
+        Ok(p) => p,
+        Err(f) => return unreachable(obs, s, d, f, now),
+    };
+    if p.migrating {
+        let m = format!(
+            "libvirt on {} runs a migration job on the VM that its agent has no record of; waiting for it to end",
+            p.node
+        );
+        // The agent cannot report this job: timed like a silent agent.
+        let since = conditions::get(&d.status.conditions, C::AgentsReachable)
+            .filter(|c| c.status == "False")
+            .map_or(now, |c| c.last_transition_time.0);
+        if elapsed(since, now) >= s.agent_timeout {
+            // Settling aborts the domain's job, record or not.
+            return d.fail_settling(obs, None, R::JobNotAdopted.as_str(), m, now);
+        }
+        d.condition(
+            obs,
+            C::AgentsReachable,
+            false,
+            R::JobNotAdopted.as_str(),
+            m,
+            now,
+        );
+        d.next = Next::RequeueAfter(std::time::Duration::from_secs(2));
+        return;
+    }
+    d.condition(
+        obs,
+        C::AgentsReachable,
+        true,
+        R::JobLost.as_str(),
+        format!(
+            "the agent on {} has no record of the job and libvirt runs none; verifying where the VM is",
+            p.node
+        ),
+        now,
+    );
+    d.enter(Phase::Finalizing, now);
+    d.next = Next::RequeueAfter(std::time::Duration::ZERO);
+}
+
 /// The state the VM must have on the target when the move worked.
 fn arrived(obs: &Observed, dom: &DomainInfo) -> bool {
     let offline = obs
         .spec
         .as_ref()
         .is_ok_and(|s| s.mode == MigrationMode::Offline);
-    running(dom.state) || (offline && dom.persistent)
-}
-
-/// Whether the guest runs (or is paused mid-run) there.
-pub fn running(state: DomainState) -> bool {
-    match state {
-        DomainState::Running | DomainState::Blocked | DomainState::Paused => true,
-        DomainState::ShuttingDown
-        | DomainState::ShutOff
-        | DomainState::Crashed
-        | DomainState::Suspended
-        | DomainState::Unknown => false,
-    }
+    dom.state.has_guest() || (offline && dom.persistent)
 }
 
 /// Finalizing: confirm the VM is on the target and gone from the source.
 pub fn finalizing(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp) {
     let (src, dst) = match &obs.reading {
         Reading::Presence { source, target } => (source, target),
-        Reading::Nothing | Reading::Job(_) => return,
+        Reading::Nothing | Reading::Job(_) | Reading::Unrecorded(_) => return,
     };
     let (src, dst) = match (src, dst) {
         (Err(f), _) | (_, Err(f)) => return unreachable(obs, s, d, f, now),
@@ -220,15 +270,30 @@ pub fn finalizing(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp
     let source = obs.status.source_node.clone().unwrap_or_default();
     match (src, dst) {
         (None, Some(t)) | (Some(_), Some(t))
-            if arrived(obs, t) && !src.as_ref().is_some_and(|x| running(x.state)) =>
+            if arrived(obs, t) && !src.as_ref().is_some_and(|x| x.state.has_guest()) =>
         {
             if let Ok((source, target)) = endpoints(obs) {
-                d.effect = Some(Effect::Finish { source, target });
+                // A copy left shut off on the source is stale: the VM (same
+                // UUID) was just confirmed running on the target.
+                let stale_source = src
+                    .as_ref()
+                    .filter(|x| x.uuid == t.uuid && t.state.has_guest())
+                    .map(|x| x.uuid.clone());
+                d.effect = Some(Effect::Finish {
+                    source,
+                    target,
+                    stale_source,
+                });
             }
         }
         (_, t) => {
+            let lead = if obs.status.result.is_some() {
+                "the job completed but"
+            } else {
+                "after the job's record was lost,"
+            };
             let m = format!(
-                "the job completed but the VM is {} on {target} and {} on {source}",
+                "{lead} the VM is {} on {target} and {} on {source}",
                 t.as_ref()
                     .map_or("absent".into(), |x| format!("{:?}", x.state)),
                 src.as_ref()
@@ -239,22 +304,34 @@ pub fn finalizing(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp
     }
 }
 
-/// Failed or Cancelled with agent state left: settle it.
-pub fn settle(obs: &Observed, d: &mut Decision) {
-    if settle_pending(&obs.status) {
-        d.effect = settle_effect(obs);
+/// Failed or Cancelled with agent state left: settle it, or wait for the
+/// agents to publish their endpoints.
+pub fn settle(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp) {
+    if !settle_pending(&obs.status) {
+        return;
+    }
+    match settle_effect(obs) {
+        Ok(effect) => d.effect = Some(effect),
+        Err(f) => super::outcome::hold_for_agent(obs, s, d, &f, now),
     }
 }
 
 /// Stop the job, clean the target and locate the VM: the effect both a
-/// failure and a cancellation owe the agents. None without agents to ask.
-pub fn settle_effect(obs: &Observed) -> Option<Effect> {
-    let vm = obs.status.vm.as_ref().map(|v| v.uuid.clone()).or_else(|| {
-        obs.spec
-            .as_ref()
-            .ok()
-            .and_then(|s| s.vm.uuid.clone().or(s.vm.name.clone()))
-    })?;
-    let (source, target) = endpoints(obs).ok()?;
-    Some(Effect::Settle { source, target, vm })
+/// failure and a cancellation owe the agents. Fails while an agent to ask
+/// publishes no endpoint.
+pub fn settle_effect(obs: &Observed) -> Result<Effect, AgentFailure> {
+    let vm = obs
+        .status
+        .vm
+        .as_ref()
+        .map(|v| v.uuid.clone())
+        .or_else(|| {
+            obs.spec
+                .as_ref()
+                .ok()
+                .and_then(|s| s.vm.uuid.clone().or(s.vm.name.clone()))
+        })
+        .unwrap_or_default();
+    let (source, target) = endpoints(obs)?;
+    Ok(Effect::Settle { source, target, vm })
 }

@@ -7,6 +7,8 @@
 
 mod cancel;
 mod flight;
+#[cfg(test)]
+mod fuzz;
 pub mod outcome;
 mod plan;
 #[cfg(test)]
@@ -27,6 +29,7 @@ use super::observe::{AgentFailure, Observed};
 
 pub use cancel::cancel;
 pub use flight::endpoints as flight_endpoints;
+pub use outcome::stale_copy;
 
 /// The controller's own timing, from its flags.
 #[derive(Debug, Clone, PartialEq)]
@@ -122,12 +125,15 @@ pub enum Effect {
         /// Source agent.
         source: Endpoint,
     },
-    /// Forget the finished job on both agents.
+    /// Forget the finished job on both agents; remove the source's
+    /// shut-off copy of the VM when one was left (`stale_source`).
     Finish {
         /// Source agent.
         source: Endpoint,
         /// Target agent.
         target: Endpoint,
+        /// The VM's UUID when the source keeps a stale definition of it.
+        stale_source: Option<String>,
     },
     /// Stop the job if it still runs, clean the target, and find where the
     /// VM runs now.
@@ -152,10 +158,20 @@ pub enum Outcome {
     Unreachable(AgentFailure),
     /// Done (force-complete sent, job forgotten).
     Done,
-    /// Settled: the nodes that have the VM, and its state there.
-    Located(Vec<(String, DomainState)>),
+    /// Settled: where the VM is.
+    Located(Placement),
     /// Not settled yet (the job is still stopping), with why.
     Stopping(String),
+}
+
+/// Where a settle found the VM.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Placement {
+    /// The nodes that have the VM, and its state there.
+    pub places: Vec<(String, DomainState)>,
+    /// A node whose stale shut-off definition was removed because the VM
+    /// (same UUID) was confirmed running elsewhere.
+    pub removed_stale: Option<String>,
 }
 
 /// Computes what to do with a migration that is not being deleted.
@@ -174,7 +190,7 @@ pub fn decide(obs: &Observed, s: &Settings, now: Timestamp) -> Decision {
         Some(Phase::Preparing) => flight::preparing(obs, &mut d, now),
         Some(Phase::Migrating) => flight::migrating(obs, s, &mut d, now),
         Some(Phase::Finalizing) => flight::finalizing(obs, s, &mut d, now),
-        Some(Phase::Failed) | Some(Phase::Cancelled) => flight::settle(obs, &mut d),
+        Some(Phase::Failed) | Some(Phase::Cancelled) => flight::settle(obs, s, &mut d, now),
         Some(Phase::Succeeded) => {}
     }
     d
@@ -281,6 +297,10 @@ fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
 /// Whether a settle is still owed: the agents were touched and the VM not
 /// yet located.
 pub fn settle_pending(status: &VirtualMachineMigrationStatus) -> bool {
-    conditions::get(&status.conditions, ConditionType::Settled)
-        .is_some_and(|c| c.reason == kvmotion_api::ConditionReason::SettlePending.as_str())
+    use kvmotion_api::ConditionReason as R;
+    // AgentUnreachable: settling waited past the agent timeout and still
+    // owes the agents their cleanup.
+    conditions::get(&status.conditions, ConditionType::Settled).is_some_and(|c| {
+        c.reason == R::SettlePending.as_str() || c.reason == R::AgentUnreachable.as_str()
+    })
 }

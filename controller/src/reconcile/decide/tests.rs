@@ -23,16 +23,16 @@ use crate::reconcile::world::{Flight, World};
 
 const UUID: &str = "6b0a7e2c-1d1e-4c51-9a11-0000000000a1";
 
-fn now() -> Timestamp {
+pub(super) fn now() -> Timestamp {
     Timestamp::from_second(1_800_000_000).unwrap()
 }
 
-fn ago(secs: i64) -> Timestamp {
+pub(super) fn ago(secs: i64) -> Timestamp {
     now() - SignedDuration::from_secs(secs)
 }
 
 /// A healthy hypervisor with 32 GiB free, an agent endpoint and `domains`.
-fn hv(name: &str, domains: Vec<DomainInfo>) -> Hypervisor {
+pub(super) fn hv(name: &str, domains: Vec<DomainInfo>) -> Hypervisor {
     let mut h = healthy_hypervisor(name, 32);
     if let Some(s) = h.status.as_mut() {
         s.agent_endpoint = Some(format!("http://{name}:9443"));
@@ -41,7 +41,7 @@ fn hv(name: &str, domains: Vec<DomainInfo>) -> Hypervisor {
     h
 }
 
-fn web(state: DomainState) -> DomainInfo {
+pub(super) fn web(state: DomainState) -> DomainInfo {
     DomainInfo {
         name: "web".into(),
         uuid: UUID.into(),
@@ -60,7 +60,7 @@ fn web(state: DomainState) -> DomainInfo {
     }
 }
 
-fn spec() -> VirtualMachineMigrationSpec {
+pub(super) fn spec() -> VirtualMachineMigrationSpec {
     VirtualMachineMigrationSpec {
         vm: VmRef {
             name: Some("web".into()),
@@ -78,10 +78,10 @@ fn spec() -> VirtualMachineMigrationSpec {
 
 /// A migration of VM "web" from node a to node b, in `phase`, with the
 /// status that phase would have.
-struct Obs(Observed);
+pub(super) struct Obs(pub(super) Observed);
 
 impl Obs {
-    fn new(phase: Option<Phase>) -> Obs {
+    pub(super) fn new(phase: Option<Phase>) -> Obs {
         let mut status = VirtualMachineMigrationStatus {
             phase,
             observed_generation: phase.map(|_| 1),
@@ -110,7 +110,9 @@ impl Obs {
             deleting_since: None,
             generation: 1,
             spec: Ok(spec()),
+            resource_version: "7".into(),
             status,
+            status_problem: None,
             world: World {
                 hypervisors: vec![
                     Arc::new(hv("a", vec![web(DomainState::Running)])),
@@ -124,11 +126,11 @@ impl Obs {
             last_progress_write: None,
         })
     }
-    fn with(mut self, f: impl FnOnce(&mut Observed)) -> Obs {
+    pub(super) fn with(mut self, f: impl FnOnce(&mut Observed)) -> Obs {
         f(&mut self.0);
         self
     }
-    fn job(self, phase: JobPhase) -> Obs {
+    pub(super) fn job(self, phase: JobPhase) -> Obs {
         self.with(|o| {
             o.reading = Reading::Job(Ok(JobStatus {
                 id: "uid-m".into(),
@@ -148,16 +150,32 @@ impl Obs {
     }
 }
 
-fn silent(node: &str) -> AgentFailure {
+pub(super) fn unrecorded(migrating: bool) -> Reading {
+    Reading::Unrecorded(Ok(kvmotion_api::agent::DomainPresence {
+        node: "a".into(),
+        domain: Some(web(DomainState::Running)),
+        migrating,
+    }))
+}
+
+pub(super) fn hv_without_endpoint(name: &str) -> Hypervisor {
+    let mut h = hv(name, vec![web(DomainState::Running)]);
+    if let Some(s) = h.status.as_mut() {
+        s.agent_endpoint = None;
+    }
+    h
+}
+
+pub(super) fn silent(node: &str) -> AgentFailure {
     AgentFailure {
         node: node.into(),
-        unreachable: true,
+        transient: true,
         reason: None,
         message: "connection refused".into(),
     }
 }
 
-fn other(name: &str, phase: Phase, created: Timestamp, vm: &str) -> Flight {
+pub(super) fn other(name: &str, phase: Phase, created: Timestamp, vm: &str) -> Flight {
     Flight {
         uid: format!("uid-{name}"),
         name: name.into(),
@@ -460,6 +478,52 @@ fn every_phase_decides_its_next_step() {
             "-",
         ),
         (
+            "Migrating, agent answers 5xx → waits, never aborts",
+            Obs::new(Some(Migrating)).with(|o| {
+                o.reading = Reading::Job(Err(AgentFailure {
+                    node: "a".into(),
+                    transient: true,
+                    reason: Some("ReviewToken".into()),
+                    message: "answered 500".into(),
+                }))
+            }),
+            Some(Migrating),
+            "",
+            "-",
+        ),
+        (
+            "Migrating, no agent record but libvirt runs a job → waits",
+            Obs::new(Some(Migrating)).with(|o| o.reading = unrecorded(true)),
+            Some(Migrating),
+            "",
+            "-",
+        ),
+        (
+            "Migrating, no agent record, libvirt runs none → Finalizing verifies",
+            Obs::new(Some(Migrating)).with(|o| o.reading = unrecorded(false)),
+            Some(Finalizing),
+            "",
+            "-",
+        ),
+        (
+            "Migrating, an unrecorded job too long → JobNotAdopted",
+            Obs::new(Some(Migrating)).with(|o| {
+                o.reading = unrecorded(true);
+                conditions::set(
+                    &mut o.status.conditions,
+                    C::AgentsReachable,
+                    false,
+                    "JobNotAdopted",
+                    "x".into(),
+                    1,
+                    Time(ago(61)),
+                );
+            }),
+            Some(Failed),
+            "JobNotAdopted",
+            "-",
+        ),
+        (
             "Finalizing, arrived → Finish",
             Obs::new(Some(Finalizing)).with(|o| {
                 o.reading = Reading::Presence {
@@ -640,7 +704,7 @@ fn outcomes_move_the_phase() {
     };
     let refused = AgentFailure {
         node: "b".into(),
-        unreachable: false,
+        transient: false,
         reason: Some("InsufficientMemory".into()),
         message: "only 1 GiB free".into(),
     };
@@ -702,33 +766,60 @@ fn settling_locates_the_vm_on_exactly_one_node() {
             );
         })
     };
-    let cases: Vec<(&str, Vec<(&str, DomainState)>, &str, &str)> = vec![
+    // (case, places after the settle, stale copy removed on, reason, message)
+    type Case<'a> = (
+        &'a str,
+        Vec<(&'a str, DomainState)>,
+        Option<&'a str>,
+        &'a str,
+        &'a str,
+    );
+    let cases: Vec<Case> = vec![
         (
             "on the source",
             vec![("a", DomainState::Running)],
+            None,
             "VMLocated",
             "the VM runs on a only",
         ),
         (
-            "left defined on the source",
-            vec![("a", DomainState::ShutOff), ("b", DomainState::Running)],
-            "VMLocated",
-            "the VM runs on b only",
+            "a stale copy on the source removed",
+            vec![("b", DomainState::Running)],
+            Some("a"),
+            "StaleDefinitionRemoved",
+            "the VM runs on b only; its stale shut-off definition on a was removed",
+        ),
+        (
+            "a stale copy on the target that would not go",
+            vec![("a", DomainState::Running), ("b", DomainState::ShutOff)],
+            None,
+            "VMDefinedTwice",
+            "the VM runs on a and a shut-off copy is still defined on b: remove it there (virsh undefine) so it is never started twice",
+        ),
+        (
+            "defined on both, running nowhere",
+            vec![("a", DomainState::ShutOff), ("b", DomainState::ShutOff)],
+            None,
+            "VMDefinedTwice",
+            "the VM runs nowhere and is defined on a and b: it cannot be told which copy is current; keep one and undefine the other",
         ),
         (
             "on both",
             vec![("a", DomainState::Running), ("b", DomainState::Paused)],
+            None,
             "VerificationFailed",
             "the VM runs on a and b: stop one of them by hand",
         ),
         (
             "nowhere",
             vec![],
+            None,
             "VerificationFailed",
             "the VM is on no node",
         ),
     ];
-    for (name, places, want, message) in cases {
+    for (name, places, removed_stale, want, message) in cases {
+        let removed_stale = removed_stale.map(str::to_string);
         let obs = failed();
         let d = decide(&obs.0, &Settings::default(), now());
         let effect = d.effect.clone().unwrap();
@@ -741,7 +832,10 @@ fn settling_locates_the_vm_on_exactly_one_node() {
             &Settings::default(),
             d,
             &effect,
-            Outcome::Located(places),
+            Outcome::Located(Placement {
+                places,
+                removed_stale,
+            }),
             now(),
         );
         let c = conditions::get(&d.status.conditions, C::Settled).unwrap();
@@ -758,7 +852,7 @@ fn settling_locates_the_vm_on_exactly_one_node() {
 fn deleting_cancels_at_once_before_the_agents_act_and_after_settling_in_flight() {
     for phase in Phase::ALL {
         let obs = Obs::new(Some(phase)).with(|o| o.deleting_since = Some(ago(1)));
-        let d = cancel(&obs.0, now());
+        let d = cancel(&obs.0, &Settings::default(), now());
         let in_flight = matches!(
             phase,
             Phase::Preparing | Phase::Migrating | Phase::Finalizing
@@ -791,7 +885,10 @@ fn deleting_cancels_at_once_before_the_agents_act_and_after_settling_in_flight()
                 &Settings::default(),
                 d,
                 &effect,
-                Outcome::Located(vec![("a".into(), DomainState::Running)]),
+                Outcome::Located(Placement {
+                    places: vec![("a".into(), DomainState::Running)],
+                    removed_stale: None,
+                }),
                 now(),
             );
             assert!(done.finished, "{phase}");
@@ -802,20 +899,47 @@ fn deleting_cancels_at_once_before_the_agents_act_and_after_settling_in_flight()
 }
 
 #[test]
-fn a_cancellation_gives_up_on_silent_agents_after_the_timeout() {
-    let obs = Obs::new(Some(Phase::Migrating)).with(|o| o.deleting_since = Some(ago(61)));
-    let d = cancel(&obs.0, now());
-    let effect = d.effect.clone().unwrap();
-    let d = apply(
-        &obs.0,
-        &Settings::default(),
-        d,
-        &effect,
-        Outcome::Unreachable(silent("a")),
-        now(),
-    );
-    assert!(d.finished);
-    assert_eq!(reason(&d.status, C::Settled), "AgentUnreachable");
+fn a_cancellation_holds_the_finalizer_while_an_agent_is_silent() {
+    // (case, deleted seconds ago, Settled reason)
+    for (name, ago_s, want) in [
+        ("just deleted", 1, "SettlePending"),
+        ("past the agent timeout", 61, "AgentUnreachable"),
+    ] {
+        let obs = Obs::new(Some(Phase::Migrating)).with(|o| o.deleting_since = Some(ago(ago_s)));
+        let d = cancel(&obs.0, &Settings::default(), now());
+        let effect = d.effect.clone().unwrap();
+        let d = apply(
+            &obs.0,
+            &Settings::default(),
+            d,
+            &effect,
+            Outcome::Unreachable(silent("a")),
+            now(),
+        );
+        assert!(!d.finished, "{name}: a job may still run");
+        assert_eq!(d.status.phase, Some(Phase::Migrating), "{name}");
+        assert_eq!(reason(&d.status, C::Settled), want, "{name}");
+        assert!(
+            settle_pending(&d.status),
+            "{name}: the settle is still owed"
+        );
+    }
+}
+
+#[test]
+fn a_missing_agent_endpoint_never_releases_a_migration_in_flight() {
+    let no_endpoint = |o: &mut Observed| {
+        o.world.hypervisors[0] = Arc::new(hv_without_endpoint("a"));
+    };
+    for phase in [Phase::Preparing, Phase::Migrating, Phase::Finalizing] {
+        let obs = Obs::new(Some(phase))
+            .with(no_endpoint)
+            .with(|o| o.deleting_since = Some(ago(5)));
+        let d = cancel(&obs.0, &Settings::default(), now());
+        assert!(!d.finished, "{phase}");
+        assert_eq!(kind(&d.effect), "-", "{phase}");
+        assert_eq!(reason(&d.status, C::Settled), "SettlePending", "{phase}");
+    }
 }
 
 #[test]
@@ -853,5 +977,36 @@ fn deciding_again_on_a_decided_status_writes_nothing() {
             done.0.status,
             "{phase}"
         );
+    }
+}
+
+#[test]
+fn the_stale_copy_is_the_shut_off_one_beside_the_one_running_copy() {
+    use DomainState::*;
+    let p = |v: &[(&str, DomainState)]| -> Vec<(String, DomainState)> {
+        v.iter().map(|(n, s)| (n.to_string(), *s)).collect()
+    };
+    let cases: Vec<(&str, Vec<(String, DomainState)>, Option<&str>)> = vec![
+        (
+            "runs on a, shut off on b",
+            p(&[("a", Running), ("b", ShutOff)]),
+            Some("b"),
+        ),
+        (
+            "paused on b, shut off on a",
+            p(&[("a", ShutOff), ("b", Paused)]),
+            Some("a"),
+        ),
+        ("runs on a only", p(&[("a", Running)]), None),
+        (
+            "shut off on both: which one?",
+            p(&[("a", ShutOff), ("b", ShutOff)]),
+            None,
+        ),
+        ("runs on both", p(&[("a", Running), ("b", Running)]), None),
+        ("nowhere", p(&[]), None),
+    ];
+    for (name, places, want) in cases {
+        assert_eq!(stale_copy(&places), want, "{name}");
     }
 }

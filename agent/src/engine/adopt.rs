@@ -1,0 +1,237 @@
+//! After a restart the agent takes back what an earlier run recorded:
+//! preparations (so cleanup still removes their images) and jobs. A job
+//! libvirt still runs is monitored again, with policy, progress, abort and
+//! force-complete; a job that ended while the agent was away is concluded
+//! from what libvirt shows now (where the domain is, the final statistics
+//! where libvirt still has them).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvmotion_api::agent::{DomainRef, JobPhase};
+use kvmotion_api::migration::MigrationResult;
+use kvmotion_api::movable::Move;
+use tracing::{info, warn};
+
+use super::source::{JobEnd, Outcome, Transfer, unix_ms};
+use super::state::{JobRecord, Kind};
+use super::target::Prepared;
+use super::{Engine, Job, millis};
+use crate::error::{Error, blocking, blocking_io};
+use crate::libvirt::{FinalStats, Libvirt, LibvirtError};
+
+/// What [`Engine::adopt`] found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Adopted {
+    /// Preparations taken back.
+    pub prepared: usize,
+    /// Jobs libvirt still ran, monitored again.
+    pub running: usize,
+    /// Jobs that had ended meanwhile, concluded from libvirt.
+    pub concluded: usize,
+    /// Jobs that had ended and were reported before the restart.
+    pub finished: usize,
+}
+
+impl Engine {
+    /// Takes back the records of an earlier run. Call once, before serving.
+    pub async fn adopt(self: &Arc<Self>) -> Result<Adopted, Error> {
+        let mut found = Adopted::default();
+        let st = self.state.clone();
+        let prepared: Vec<(String, Prepared)> =
+            blocking_io("reading preparations", move || st.load(Kind::Prepared)).await?;
+        found.prepared = prepared.len();
+        if let Ok(mut map) = self.prepared.lock() {
+            map.extend(prepared);
+        }
+        let st = self.state.clone();
+        let jobs: Vec<(String, JobRecord)> =
+            blocking_io("reading jobs", move || st.load(Kind::Job)).await?;
+        for (id, record) in jobs {
+            if record.status.phase.is_final() {
+                self.restore(&id, record.vm.clone(), record.status.clone());
+                found.finished += 1;
+                continue;
+            }
+            let lv = self.lv.clone();
+            let vm = record.vm.clone();
+            let running = blocking(move || lv.job(&vm)).await?.is_some();
+            let mut status = record.status.clone();
+            status.actions.push("Adopted(agent restart)".into());
+            let job = self.restore(&id, record.vm.clone(), status);
+            let engine = self.clone();
+            if running {
+                found.running += 1;
+                info!(migration = %id, vm = %record.vm, "monitoring a job libvirt still runs");
+                tokio::spawn(async move { engine.resume_monitoring(job, record).await });
+            } else {
+                found.concluded += 1;
+                info!(migration = %id, vm = %record.vm, "concluding a job that ended while the agent was away");
+                tokio::spawn(async move {
+                    let outcome = engine.ended_meanwhile(&job, &record).await;
+                    engine.conclude(&job, record, outcome).await;
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    /// Monitors an adopted job until libvirt's job goes away.
+    async fn resume_monitoring(self: Arc<Self>, job: Arc<Job>, record: JobRecord) {
+        let transfer = match record.how {
+            Move::LiveRunning => Transfer::Live,
+            Move::LivePaused => Transfer::LivePaused,
+            Move::OfflineWithMemory { .. } | Move::OfflineDefinition => Transfer::Stopped {
+                disks_synced: record.request.disks.iter().any(|d| d.copy),
+            },
+        };
+        job.update(|s| s.phase = JobPhase::Running);
+        let events = self.lv.subscribe();
+        let end = job_gone(self.lv.clone(), job.vm.clone(), self.config.poll);
+        let ran_for = Duration::from_millis(unix_ms().saturating_sub(record.started_unix_ms));
+        let started = Instant::now()
+            .checked_sub(ran_for)
+            .unwrap_or_else(Instant::now);
+        let mut outcome = self
+            .monitor(&job, &record.request, transfer, end, events, started)
+            .await;
+        if let Ok(o) = &outcome
+            && o.phase == JobPhase::Completed
+            && record.how == (Move::OfflineWithMemory { paused: false })
+            && record.request.disks.iter().any(|d| d.copy)
+        {
+            // The agents paused the guest for the move; the target
+            // resumes it, as the run this agent lost would have.
+            if let Err(e) = super::disksync::resume_on(
+                &self.peer,
+                &record.request.target.agent_endpoint,
+                &job.id,
+            )
+            .await
+            {
+                outcome = Err(e);
+            }
+        }
+        self.restore_guest(&job, &record).await;
+        self.conclude(&job, record, outcome).await;
+    }
+
+    /// How a job that ended while the agent was away came out, from where
+    /// the domain is now.
+    async fn ended_meanwhile(&self, job: &Job, record: &JobRecord) -> Result<Outcome, Error> {
+        self.restore_guest(job, record).await;
+        let lv = self.lv.clone();
+        let vm = job.vm.clone();
+        let here = blocking(move || lv.domain(&vm)).await?;
+        let moved = match (record.how, &here) {
+            (_, None) => true,
+            (Move::OfflineDefinition, Some(_)) => false,
+            (Move::LiveRunning | Move::LivePaused | Move::OfflineWithMemory { .. }, Some(d)) => {
+                !d.state.has_guest()
+            }
+        };
+        if !moved {
+            return Ok(Outcome {
+                phase: JobPhase::Failed,
+                reason: Some("JobInterrupted"),
+                message: Some(format!(
+                    "the agent on {} restarted while the job ran, and the job ended without moving the VM; it stays on the source",
+                    self.config.node
+                )),
+                result: None,
+            });
+        }
+        // The source's copy is gone with its statistics; the target keeps
+        // those of the job it completed.
+        let lv = self.lv.clone();
+        let (uri, vm) = (record.request.target.libvirt_uri.clone(), job.vm.clone());
+        let stats = blocking(move || lv.completed_stats_at(&uri, &vm)).await;
+        let wall = Duration::from_millis(unix_ms().saturating_sub(record.started_unix_ms));
+        let (stats, note) = match stats {
+            Ok(Some(s)) => (s, "FinalStats(from the target)"),
+            Ok(None) | Err(_) => (
+                FinalStats {
+                    elapsed: wall,
+                    ..Default::default()
+                },
+                "FinalStatsLost(downtime and bytes unknown)",
+            ),
+        };
+        job.update(|s| s.actions.push(note.into()));
+        Ok(Outcome {
+            phase: JobPhase::Completed,
+            reason: None,
+            message: None,
+            result: Some(MigrationResult {
+                duration_ms: millis(stats.elapsed),
+                downtime_ms: millis(stats.downtime),
+                data_transferred_bytes: stats.data_processed,
+            }),
+        })
+    }
+
+    /// Never leaves a guest stopped: one the agents paused for an offline
+    /// move (it was running before) runs again when it is still here.
+    async fn restore_guest(&self, job: &Job, record: &JobRecord) {
+        if record.how != (Move::OfflineWithMemory { paused: false }) {
+            return;
+        }
+        let lv = self.lv.clone();
+        let vm = job.vm.clone();
+        let resumed = blocking(move || {
+            let paused = lv
+                .domain(&vm)?
+                .is_some_and(|d| d.state == kvmotion_api::hypervisor::DomainState::Paused);
+            if paused && lv.job(&vm)?.is_none() {
+                lv.resume(&vm)?;
+                return Ok(true);
+            }
+            Ok(false)
+        })
+        .await;
+        match resumed {
+            Ok(true) => {
+                job.update(|s| s.actions.push("Resume(left paused by the lost run)".into()))
+            }
+            Ok(false) => {}
+            Err(e) => {
+                warn!(migration = %job.id, error = %crate::error::chain(&e), "could not resume a guest left paused")
+            }
+        }
+    }
+}
+
+/// Resolves once libvirt runs no job on `vm`: Ok when the VM left (no
+/// guest here any more), an error when it still runs here.
+fn job_gone(lv: Arc<dyn Libvirt>, vm: DomainRef, poll: Duration) -> JobEnd {
+    Box::pin(async move {
+        loop {
+            tokio::time::sleep(poll).await;
+            let (lv2, vm2) = (lv.clone(), vm.clone());
+            let state = tokio::task::spawn_blocking(move || -> Result<_, LibvirtError> {
+                if lv2.job(&vm2)?.is_some() {
+                    return Ok(None);
+                }
+                Ok(Some(lv2.domain(&vm2)?))
+            })
+            .await
+            .map_err(|e| LibvirtError::Call {
+                op: "the job watch",
+                message: e.to_string(),
+            })?;
+            match state {
+                Ok(None) => continue,
+                Ok(Some(None)) => return Ok(()),
+                Ok(Some(Some(d))) if !d.state.has_guest() => return Ok(()),
+                Ok(Some(Some(_))) => {
+                    return Err(LibvirtError::Call {
+                        op: "virDomainMigrateToURI3",
+                        message: "libvirt's job ended and the VM still runs on the source (its error went to the agent run that started it)".into(),
+                    });
+                }
+                // libvirtd restarting: look again.
+                Err(e) => warn!(vm = %vm, error = %e, "watching an adopted job"),
+            }
+        }
+    })
+}
