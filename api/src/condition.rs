@@ -120,6 +120,9 @@ pub enum ConditionReason {
     /// The VM is defined on both nodes and it cannot be told which copy is
     /// stale: a person must remove one.
     VMDefinedTwice,
+    /// Post-copy lost its link: the guest is paused with its memory split
+    /// between the nodes; only resuming the move (or a person) can end it.
+    PostCopyLinkLost,
 }
 
 impl ConditionReason {
@@ -161,6 +164,7 @@ impl ConditionReason {
             ConditionReason::JobLost => "JobLost",
             ConditionReason::StaleDefinitionRemoved => "StaleDefinitionRemoved",
             ConditionReason::VMDefinedTwice => "VMDefinedTwice",
+            ConditionReason::PostCopyLinkLost => "PostCopyLinkLost",
         }
     }
 }

@@ -269,6 +269,9 @@ pub enum TransferMode {
     PostCopy,
     /// The guest is paused while the rest is copied.
     Paused,
+    /// Post-copy lost its link: the guest is paused, its newest memory
+    /// split between the two nodes until the move resumes.
+    PostCopyPaused,
 }
 
 /// Figures of a finished migration.

@@ -179,7 +179,11 @@ impl AgentProcess {
                 "--migration-address",
                 lab::migration_ip(node),
             ])
-            .args(["--advertise-endpoint", &endpoint])
+            .args(if extra.contains(&"--advertise-endpoint") {
+                vec![]
+            } else {
+                vec!["--advertise-endpoint", endpoint.as_str()]
+            })
             .args(if extra.contains(&"--listen") {
                 vec![]
             } else {
@@ -317,9 +321,14 @@ impl Agents {
     /// Starts both agents; `module` and `line` name their log files
     /// (`target/test-logs/agent-<module>-<line>-<node>.log`).
     pub async fn start(module: &str, line: u32) -> Agents {
+        Agents::start_with(module, line, &[]).await
+    }
+
+    /// Like `start`, with `a_extra` flags for node-a's agent.
+    pub async fn start_with(module: &str, line: u32, a_extra: &[&str]) -> Agents {
         let label = format!("{}-{line}", module.rsplit("::").next().unwrap_or(module));
         Agents {
-            a: AgentProcess::start("node-a", &label, &[]).await,
+            a: AgentProcess::start("node-a", &label, a_extra).await,
             b: AgentProcess::start("node-b", &label, &[]).await,
         }
     }

@@ -29,8 +29,13 @@ impl Rig {
     /// Starts the agents and a controller that sees only this scope's
     /// migrations; `extra` flags go to the controller.
     pub async fn start(test: &str, extra: &[&str]) -> Rig {
+        Rig::start_with(test, extra, &[]).await
+    }
+
+    /// Like `start`, with `agent_a` flags for node-a's agent.
+    pub async fn start_with(test: &str, extra: &[&str], agent_a: &[&str]) -> Rig {
         let scope = Scope::new(test);
-        let agents = Agents::start(test, 0).await;
+        let agents = Agents::start_with(test, 0, agent_a).await;
         let controller = start_controller(&scope, "ctl", extra);
         controller.wait_ready().await;
         Rig {

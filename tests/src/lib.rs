@@ -12,6 +12,7 @@ pub mod fleet;
 pub mod http;
 pub mod lab;
 pub mod plugin;
+pub mod proxy;
 pub mod scale;
 pub mod scope;
 

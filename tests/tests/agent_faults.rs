@@ -80,3 +80,88 @@ async fn catching<T>(
     use futures::FutureExt;
     f.catch_unwind().await
 }
+
+#[tokio::test]
+async fn restarting_the_source_libvirtd_mid_migration_fails_it_and_the_guest_runs_on_at_the_source()
+{
+    let _lab = exclusive().await;
+    let agents = Agents::start(module_path!(), line!()).await;
+    let guest = Guest::start("node-a", "fault-source", &GuestSpec::hot()).await;
+    let before = guest.last_beat("node-a").expect("beating");
+
+    let drive = Drive::new("fault-source-1", &guest, "node-a").held_back(30);
+    let (code, body) = drive.start(&agents).await;
+    assert_eq!(code, 200, "{body}");
+    drive.wait_for_data(&agents, 8 << 20).await;
+
+    // QEMU runs on while its libvirtd is away; the restarted daemon
+    // re-attaches to it and cancels the outgoing migration.
+    lab(&["kill-libvirtd", "node-a"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    lab(&["start-libvirtd", "node-a"]);
+    let (done, _) = drive.wait(&agents, Duration::from_secs(120)).await;
+
+    assert_eq!(done.phase, JobPhase::Failed, "{done:?}");
+    assert_eq!(done.reason.as_deref(), Some("MigrationFailed"), "{done:?}");
+    assert_eq!(done.vm_node.as_deref(), Some("node-a"), "{done:?}");
+    guest.beats_on("node-a", before).await;
+    assert_eq!(guest.state("node-a").as_deref(), Some("running"));
+    kvmotion_tests::eventually(
+        Duration::from_secs(30),
+        "node-b to drop the incoming guest",
+        || async { guest.state("node-b").is_none().then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: node-b reports {:?}", guest.state("node-b")));
+}
+
+#[tokio::test]
+async fn a_post_copy_that_loses_its_link_is_reported_split_never_as_moved() {
+    let _lab = exclusive().await;
+    let agents = Agents::start(module_path!(), line!()).await;
+    let guest = Guest::start("node-a", "fault-postcopy", &GuestSpec::hot()).await;
+
+    // Post-copy allowed but only on request; capped so that it lasts.
+    let mut drive = Drive::new("fault-postcopy-1", &guest, "node-a").held_back(30);
+    drive.tuning.post_copy = true;
+    let (code, body) = drive.start(&agents).await;
+    assert_eq!(code, 200, "{body}");
+    drive.wait_for_data(&agents, 8 << 20).await;
+    let path = format!("/v1/migrations/{}", drive.id);
+    let (code, body) = agents
+        .a
+        .as_controller("POST", &format!("{path}/force-complete"), None)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    kvmotion_tests::eventually(Duration::from_secs(30), "post-copy", || async {
+        let (_, s) = agents.a.as_controller("GET", &path, None).await;
+        (s["progress"]["mode"] == "PostCopy").then_some(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agents.a.log_text()));
+
+    // What a broken link does to post-copy, deterministically.
+    lab(&["virsh", "node-a", "domjobabort", "--postcopy", &guest.name]);
+    let (done, _) = drive.wait(&agents, Duration::from_secs(60)).await;
+
+    assert_eq!(done.phase, JobPhase::Failed, "{done:?}");
+    assert_eq!(done.reason.as_deref(), Some("PostCopyLinkLost"), "{done:?}");
+    assert_eq!(
+        done.vm_node, None,
+        "the VM is on neither node alone: {done:?}"
+    );
+    assert_eq!(
+        done.progress.mode,
+        kvmotion_api::migration::TransferMode::PostCopyPaused
+    );
+    let message = done.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("node-a")
+            && message.contains("node-b")
+            && message.contains("--postcopy-resume"),
+        "{message}"
+    );
+    // As libvirt says: paused on the source, held on the target.
+    assert_eq!(guest.state("node-a").as_deref(), Some("paused"));
+    assert!(guest.state("node-b").is_some(), "the target's half is gone");
+}

@@ -29,6 +29,8 @@ pub struct JobSample {
     pub post_copy: bool,
     /// True when the guest is paused (by us or by libvirt).
     pub paused: bool,
+    /// True when post-copy lost its link (libvirt's "post-copy failed").
+    pub post_copy_failed: bool,
 }
 
 /// The resolved policy of one migration.
@@ -260,6 +262,7 @@ mod tests {
             memory_total: 256 * MIB,
             post_copy: false,
             paused: false,
+            post_copy_failed: false,
         }
     }
 

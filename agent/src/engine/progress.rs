@@ -16,16 +16,19 @@ pub fn report(prev_percent: u8, s: &JobSample, throttle: Option<u8>) -> Migratio
         .saturating_mul(100)
         .checked_div(all)
         .map_or(0, |p| p.min(99) as u8);
-    let mode = match (s.post_copy, s.paused) {
-        (true, _) => TransferMode::PostCopy,
-        (false, true) => TransferMode::Paused,
-        (false, false) => TransferMode::PreCopy,
+    let mode = match (s.post_copy_failed, s.post_copy, s.paused) {
+        (true, _, _) => TransferMode::PostCopyPaused,
+        (false, true, _) => TransferMode::PostCopy,
+        (false, false, true) => TransferMode::Paused,
+        (false, false, false) => TransferMode::PreCopy,
     };
     // In post-copy or while paused the guest no longer dirties what is left
     // to send; in pre-copy only the rate above the dirty rate drains it.
     let drain = match mode {
         TransferMode::PreCopy => s.throughput.saturating_sub(s.dirty_rate),
         TransferMode::PostCopy | TransferMode::Paused => s.throughput,
+        // Nothing moves until the link is back.
+        TransferMode::PostCopyPaused => 0,
     };
     let eta_seconds = (drain > 0).then(|| s.data_remaining.div_ceil(drain));
     MigrationProgress {
@@ -103,6 +106,21 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn a_post_copy_that_lost_its_link_reports_no_eta() {
+        let sample = JobSample {
+            post_copy: false,
+            paused: true,
+            post_copy_failed: true,
+            ..s(50, 200, 0, 100)
+        };
+        let r = report(30, &sample, None);
+        assert_eq!(
+            (r.mode, r.eta_seconds),
+            (TransferMode::PostCopyPaused, None)
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use kvmotion_api::agent::{DomainRef, JobPhase, JobStatus, ResolvedTuning, StartRequest};
 use kvmotion_api::hypervisor::{DomainInfo, DomainState};
-use kvmotion_api::migration::{MigrationMode, MigrationResult};
+use kvmotion_api::migration::{MigrationMode, MigrationResult, TransferMode};
 use kvmotion_api::movable::{self, Move};
 use kvmotion_api::tuning::Compression;
 use tracing::{info, warn};
@@ -18,6 +18,12 @@ use super::state::{JobRecord, Kind};
 use super::{Engine, Job, millis, progress};
 use crate::error::{Error, blocking};
 use crate::libvirt::{FinalStats, LibvirtError, LibvirtEvent, MigrateCall};
+
+/// The reason of a job whose post-copy phase lost its link.
+pub const POST_COPY_LINK_LOST: &str = "PostCopyLinkLost";
+
+/// How long the end of a job waits for libvirt to say where the VM is.
+const LOCATE_WITHIN: Duration = Duration::from_secs(90);
 
 /// The end of a libvirt job, as the monitor waits for it.
 pub(crate) type JobEnd =
@@ -144,9 +150,13 @@ impl Engine {
             message: Some(crate::error::chain(&e)),
             result: None,
         });
-        let vm_node = self
-            .locate(&job.vm, &record.request.target_node, outcome.phase)
-            .await;
+        // After a failed post-copy the VM is on neither node alone.
+        let vm_node = if outcome.reason == Some(POST_COPY_LINK_LOST) {
+            None
+        } else {
+            self.locate(&job.vm, &record.request.target_node, outcome.phase)
+                .await
+        };
         info!(migration = %job.id, phase = ?outcome.phase, reason = ?outcome.reason, vm_node = ?vm_node, "migration ended");
         job.update(|s| {
             s.phase = outcome.phase;
@@ -179,19 +189,31 @@ impl Engine {
 
     /// Where the VM is after the job: here when it still runs (or is
     /// defined) here, the target when the job completed.
+    /// A libvirtd that restarts (the very fault that may have ended the
+    /// job) is waited for, up to `LOCATE_WITHIN`.
     async fn locate(&self, vm: &DomainRef, target: &str, phase: JobPhase) -> Option<String> {
-        let lv = self.lv.clone();
-        let vm = vm.clone();
-        match blocking(move || lv.domain(&vm)).await {
-            Ok(Some(d)) if d.state != DomainState::ShutOff || phase != JobPhase::Completed => {
+        let deadline = tokio::time::Instant::now() + LOCATE_WITHIN;
+        let here = loop {
+            let lv = self.lv.clone();
+            let vm = vm.clone();
+            match blocking(move || lv.domain(&vm)).await {
+                Ok(d) => break d,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    warn!(error = %e, "cannot tell yet whether the VM is still here; asking libvirt again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot tell whether the VM is still here");
+                    return None;
+                }
+            }
+        };
+        match here {
+            Some(d) if d.state != DomainState::ShutOff || phase != JobPhase::Completed => {
                 Some(self.config.node.clone())
             }
-            Ok(_) if phase == JobPhase::Completed => Some(target.to_string()),
-            Ok(_) => None,
-            Err(e) => {
-                warn!(error = %e, "cannot tell whether the VM is still here");
-                None
-            }
+            _ if phase == JobPhase::Completed => Some(target.to_string()),
+            _ => None,
         }
     }
 
@@ -268,6 +290,18 @@ impl Engine {
                     _ => continue,
                 },
             }
+            // Requests and the policy act on libvirt's job only once QEMU
+            // moves data: an abort that races the job's own start (libvirt
+            // still negotiating with the target) left libvirt holding the
+            // domain on the lab.
+            let lv = self.lv.clone();
+            let vm2 = vm.clone();
+            let Ok(Some(sample)) = blocking(move || lv.job(&vm2)).await else {
+                continue;
+            };
+            if sample.data_total == 0 && sample.data_processed == 0 {
+                continue;
+            }
             if job.abort_requested.load(Ordering::SeqCst) && !abort_sent {
                 abort_sent = true;
                 self.act(
@@ -276,6 +310,9 @@ impl Engine {
                     "Abort(requested)",
                 )
                 .await;
+            }
+            if abort_sent {
+                continue;
             }
             if job.force_requested.load(Ordering::SeqCst) && !force_sent {
                 force_sent = true;
@@ -289,11 +326,6 @@ impl Engine {
                 self.act(job, action, "").await;
                 tracker.escalated = true;
             }
-            let lv = self.lv.clone();
-            let vm2 = vm.clone();
-            let Ok(Some(sample)) = blocking(move || lv.job(&vm2)).await else {
-                continue;
-            };
             let d = convergence::decide(tracker, &sample, started.elapsed(), &policy);
             tracker = d.tracker;
             let action = match d.action {
@@ -353,6 +385,24 @@ impl Engine {
                     if let Err(re) = blocking(move || lv.resume(&vm2)).await {
                         warn!(migration = %job.id, error = %re, "could not resume the guest after a failed migration");
                     }
+                }
+                let lv = self.lv.clone();
+                let vm2 = vm.clone();
+                if blocking(move || lv.post_copy_failed(&vm2))
+                    .await
+                    .unwrap_or(false)
+                {
+                    job.update(|s| s.progress.mode = TransferMode::PostCopyPaused);
+                    return Ok(Outcome {
+                        phase: JobPhase::Failed,
+                        reason: Some(POST_COPY_LINK_LOST),
+                        message: Some(format!(
+                            "post-copy lost its link to {target}: the guest is paused on {here} and its newest memory is split between {here} and {target} ({e}); libvirt keeps both halves: once the link is back, resume the move (virsh migrate --live --p2p --postcopy --postcopy-resume on {here}); never start or destroy one half alone",
+                            target = req.target_node,
+                            here = self.config.node,
+                        )),
+                        result: None,
+                    });
                 }
                 let (phase, reason, message) = if abort_sent {
                     (

@@ -93,6 +93,9 @@ impl Libvirt for FakeLibvirt {
     ) -> Result<Option<FinalStats>, LibvirtError> {
         Ok(None)
     }
+    fn post_copy_failed(&self, _: &DomainRef) -> Result<bool, LibvirtError> {
+        Ok(false)
+    }
     fn job_throttle(&self, _: &DomainRef) -> Result<Option<u8>, LibvirtError> {
         Ok(None)
     }

@@ -151,6 +151,9 @@ pub trait Libvirt: Send + Sync + 'static {
         uri: &str,
         vm: &DomainRef,
     ) -> Result<Option<FinalStats>, LibvirtError>;
+    /// Whether the domain here is in one of libvirt's failed post-copy
+    /// states (paused on the source, running on the target).
+    fn post_copy_failed(&self, vm: &DomainRef) -> Result<bool, LibvirtError>;
     /// Auto-converge throttle of the running job, percent.
     fn job_throttle(&self, vm: &DomainRef) -> Result<Option<u8>, LibvirtError>;
     /// Aborts the running job.

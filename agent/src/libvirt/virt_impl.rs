@@ -358,6 +358,7 @@ impl Libvirt for VirtLibvirt {
                 post_copy: state == sys::VIR_DOMAIN_PAUSED
                     && reason == sys::VIR_DOMAIN_PAUSED_POSTCOPY as c_int,
                 paused: state == sys::VIR_DOMAIN_PAUSED,
+                post_copy_failed: postcopy_failed(state, reason),
             }))
         })
     }
@@ -378,6 +379,13 @@ impl Libvirt for VirtLibvirt {
         // Dropping the handle closes the connection.
         drop(conn);
         Ok(stats.map(|s| events::final_stats(&s)))
+    }
+
+    fn post_copy_failed(&self, vm: &DomainRef) -> Result<bool, LibvirtError> {
+        self.with_conn(|conn| match self.lookup(conn, vm)? {
+            Some(dom) => raw_state(&dom).map(|(s, r)| postcopy_failed(s, r)),
+            None => Ok(false),
+        })
     }
 
     fn job_throttle(&self, vm: &DomainRef) -> Result<Option<u8>, LibvirtError> {
@@ -447,6 +455,14 @@ impl Libvirt for VirtLibvirt {
     fn subscribe(&self) -> broadcast::Receiver<LibvirtEvent> {
         self.events.subscribe()
     }
+}
+
+/// libvirt's states of a post-copy migration that lost its link: paused on
+/// the source, running (vCPUs waiting for pages) on the target.
+fn postcopy_failed(state: sys::virDomainState, reason: c_int) -> bool {
+    (state == sys::VIR_DOMAIN_PAUSED && reason == sys::VIR_DOMAIN_PAUSED_POSTCOPY_FAILED as c_int)
+        || (state == sys::VIR_DOMAIN_RUNNING
+            && reason == sys::VIR_DOMAIN_RUNNING_POSTCOPY_FAILED as c_int)
 }
 
 /// The domain's state and reason as libvirt's raw numbers (the wrapper's

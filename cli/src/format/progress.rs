@@ -48,6 +48,7 @@ pub fn figures(p: &MigrationProgress) -> String {
         TransferMode::PreCopy => {}
         TransferMode::PostCopy => out.push_str("  post-copy"),
         TransferMode::Paused => out.push_str("  paused"),
+        TransferMode::PostCopyPaused => out.push_str("  post-copy lost its link"),
     }
     if let Some(t) = p.auto_converge_throttle.filter(|t| *t > 0) {
         out.push_str(&format!("  throttled {t}%"));

@@ -176,6 +176,16 @@ pub fn migrating(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp)
             d.status.result = job.result.clone();
             d.enter(Phase::Finalizing, now);
         }
+        JobPhase::Failed if job.reason.as_deref() == Some(R::PostCopyLinkLost.as_str()) => {
+            // Nothing is settled automatically: neither half may be
+            // cleaned up, stopped or started alone.
+            let m = job
+                .message
+                .clone()
+                .unwrap_or_else(|| "post-copy lost its link".into());
+            d.fail(obs, None, R::PostCopyLinkLost.as_str(), m.clone(), now);
+            d.condition(obs, C::Settled, false, R::PostCopyLinkLost.as_str(), m, now);
+        }
         JobPhase::Failed | JobPhase::Aborted => {
             let reason = job
                 .reason
