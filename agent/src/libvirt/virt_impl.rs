@@ -339,6 +339,11 @@ impl Libvirt for VirtLibvirt {
             let Some(dom) = self.lookup(conn, vm)? else {
                 return Ok(None);
             };
+            // libvirt refuses job statistics of an inactive domain; it has
+            // no job to report.
+            if !dom.is_active().unwrap_or(false) {
+                return Ok(None);
+            }
             let Some(s) = raw_job_stats(&dom, 0)? else {
                 return Ok(None);
             };
