@@ -256,6 +256,24 @@ pub async fn migration(scope: &Scope, name: &str) -> Option<DynamicObject> {
     api.get(name).await.ok()
 }
 
+/// The spec of a live move of `vm` to node-b that cannot converge on its
+/// own (100 MiB/s, no post-copy, no auto-converge, no timeouts): it runs
+/// until forced or aborted.
+pub fn held_back_spec(vm: &str) -> Value {
+    json!({
+        "vm": {"name": vm},
+        "targetNode": "node-b",
+        "overrides": {
+            "bandwidthMiBps": 100,
+            "postCopy": false,
+            "autoConverge": false,
+            "progressTimeoutSeconds": 0,
+            "completionTimeoutPerGiBSeconds": 0,
+            "onTimeout": "Abort"
+        }
+    })
+}
+
 /// The phases a status went through, in order.
 pub fn phases(status: &Value) -> Vec<String> {
     status["phaseTransitionTimes"]

@@ -5,10 +5,9 @@
 
 use std::time::Duration;
 
-use kvmotion_tests::e2e::{Rig, condition, phases};
+use kvmotion_tests::e2e::{Rig, condition, held_back_spec, phases};
 use kvmotion_tests::lab::{Guest, GuestSpec, exclusive};
 use kvmotion_tests::proxy::FaultProxy;
-use serde_json::json;
 
 #[tokio::test]
 async fn an_agent_answering_5xx_for_20_s_is_waited_out_and_the_migration_completes() {
@@ -22,21 +21,7 @@ async fn an_agent_answering_5xx_for_20_s_is_waited_out_and_the_migration_complet
     let before = guest.last_beat("node-a").expect("beating");
 
     // Held back so that it is still copying when the agent blinks.
-    let name = rig.migrate(
-        "fivexx",
-        json!({
-            "vm": {"name": "e2e-5xx"},
-            "targetNode": "node-b",
-            "overrides": {
-                "bandwidthMiBps": 100,
-                "postCopy": false,
-                "autoConverge": false,
-                "progressTimeoutSeconds": 0,
-                "completionTimeoutPerGiBSeconds": 0,
-                "onTimeout": "Abort"
-            }
-        }),
-    );
+    let name = rig.migrate("fivexx", held_back_spec("e2e-5xx"));
     rig.wait_moving(&name).await;
 
     proxy.fail();

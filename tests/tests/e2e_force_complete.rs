@@ -4,10 +4,9 @@
 
 use std::time::Duration;
 
-use kvmotion_tests::e2e::{Rig, condition, migration, phases};
+use kvmotion_tests::e2e::{Rig, condition, held_back_spec, migration, phases};
 use kvmotion_tests::lab::{Guest, GuestSpec, exclusive};
 use kvmotion_tests::{eventually, strip_ansi};
-use serde_json::json;
 
 /// How long the test watches the held-back migration before forcing it.
 const HOLD_SECONDS: u64 = 8;
@@ -20,21 +19,7 @@ async fn setting_force_complete_finishes_a_migration_held_back_by_its_policy() {
     rig.wait_inventory("node-a", "e2e-force").await;
     let before = guest.last_beat("node-a").expect("beating");
 
-    let name = rig.migrate(
-        "force",
-        json!({
-            "vm": {"name": "e2e-force"},
-            "targetNode": "node-b",
-            "overrides": {
-                "bandwidthMiBps": 100,
-                "postCopy": false,
-                "autoConverge": false,
-                "progressTimeoutSeconds": 0,
-                "completionTimeoutPerGiBSeconds": 0,
-                "onTimeout": "Abort"
-            }
-        }),
-    );
+    let name = rig.migrate("force", held_back_spec("e2e-force"));
     rig.wait_moving(&name).await;
     let writes = || async {
         rig.controller
