@@ -274,6 +274,9 @@ impl Engine {
         let mut final_stats: Option<FinalStats> = None;
         let mut policy_abort: Option<convergence::AbortReason> = None;
         let (mut abort_sent, mut force_sent, mut we_paused) = (false, false, false);
+        // Once switched to post-copy, a failed call is a post-copy failure,
+        // whatever state libvirt shows at the instant it is asked.
+        let mut in_post_copy = false;
         let result = loop {
             tokio::select! {
                 r = &mut migration => break r,
@@ -299,6 +302,7 @@ impl Engine {
             let Ok(Some(sample)) = blocking(move || lv.job(&vm2)).await else {
                 continue;
             };
+            in_post_copy |= sample.post_copy || sample.post_copy_failed;
             if sample.data_total == 0 && sample.data_processed == 0 {
                 continue;
             }
@@ -388,9 +392,10 @@ impl Engine {
                 }
                 let lv = self.lv.clone();
                 let vm2 = vm.clone();
-                if blocking(move || lv.post_copy_failed(&vm2))
-                    .await
-                    .unwrap_or(false)
+                if in_post_copy
+                    || blocking(move || lv.post_copy_failed(&vm2))
+                        .await
+                        .unwrap_or(false)
                 {
                     job.update(|s| s.progress.mode = TransferMode::PostCopyPaused);
                     return Ok(Outcome {
