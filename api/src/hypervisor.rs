@@ -167,6 +167,18 @@ pub enum DomainState {
 }
 
 impl DomainState {
+    /// Every state, in declaration order.
+    pub const ALL: [DomainState; 8] = [
+        DomainState::Running,
+        DomainState::Blocked,
+        DomainState::Paused,
+        DomainState::ShuttingDown,
+        DomainState::ShutOff,
+        DomainState::Crashed,
+        DomainState::Suspended,
+        DomainState::Unknown,
+    ];
+
     /// Whether a QEMU process holds the guest here (running, blocked or
     /// paused): the states in which a node "has" the running VM.
     pub fn has_guest(self) -> bool {

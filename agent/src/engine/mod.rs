@@ -166,9 +166,7 @@ impl Engine {
         if let Some(existing) = jobs.get(id) {
             return Ok((existing.clone(), false));
         }
-        let busy = jobs
-            .values()
-            .find(|j| !j.status().phase.is_final() && j.vm.uuid.is_some() && j.vm.uuid == vm.uuid);
+        let busy = vm.uuid.as_deref().and_then(|u| moving(&jobs, u));
         if let Some(other) = busy {
             return Err(Error::AlreadyMigrating {
                 vm: vm.to_string(),
@@ -178,6 +176,12 @@ impl Engine {
         let job = Arc::new(Job::new(id, vm, &self.config.node));
         jobs.insert(id.to_string(), job.clone());
         Ok((job, true))
+    }
+
+    /// The unfinished job of this agent that moves the domain `uuid`.
+    fn job_moving(&self, uuid: &str) -> Option<Arc<Job>> {
+        let jobs = self.jobs.lock().ok()?;
+        moving(&jobs, uuid).cloned()
     }
 
     /// Drops a job that could not be recorded.
@@ -226,11 +230,8 @@ impl Engine {
             let Some(d) = lv.domain(&vm)? else {
                 return Ok((None, false));
             };
-            let r = DomainRef {
-                name: None,
-                uuid: Some(d.uuid.clone()),
-            };
-            Ok((Some(d), lv.job(&r)?.is_some()))
+            let migrating = lv.job(&by_uuid(&d.uuid))?.is_some();
+            Ok((Some(d), migrating))
         })
         .await?;
         Ok(DomainPresence {
@@ -245,18 +246,17 @@ impl Engine {
     /// Refused while a guest runs here, a job runs on it, or a job of this
     /// agent still moves it.
     pub async fn undefine_stale(&self, vm: DomainRef) -> Result<(), Error> {
-        let busy = self.jobs.lock().ok().is_some_and(|jobs| {
-            jobs.values().any(|j| {
-                !j.status().phase.is_final()
-                    && (j.vm.uuid.is_some() && j.vm.uuid == vm.uuid
-                        || j.vm.name.is_some() && j.vm.name == vm.name)
-            })
-        });
-        if busy {
+        let lv = self.lv.clone();
+        let Some(d) = blocking(move || lv.domain(&vm)).await? else {
+            return Ok(());
+        };
+        if self.job_moving(&d.uuid).is_some() {
             return Err(Error::Conflict(format!(
-                "a migration of {vm} still runs here; it is not stale"
+                "a migration of {} still runs here; it is not stale",
+                d.name
             )));
         }
+        let vm = by_uuid(&d.uuid);
         let lv = self.lv.clone();
         let node = self.config.node.clone();
         blocking(move || {
@@ -288,12 +288,7 @@ impl Engine {
                 migration: None,
             });
         };
-        let mine = self.jobs.lock().ok().and_then(|jobs| {
-            jobs.values()
-                .find(|j| !j.status().phase.is_final() && j.vm.uuid.as_deref() == Some(&d.uuid))
-                .cloned()
-        });
-        if let Some(job) = mine {
+        if let Some(job) = self.job_moving(&d.uuid) {
             let id = job.id.clone();
             self.abort(&id)?;
             return Ok(AbortedJob {
@@ -302,10 +297,7 @@ impl Engine {
             });
         }
         let lv = self.lv.clone();
-        let r = DomainRef {
-            name: None,
-            uuid: Some(d.uuid),
-        };
+        let r = by_uuid(&d.uuid);
         let aborted = blocking(move || {
             if lv.job(&r)?.is_none() {
                 return Ok(false);
@@ -317,5 +309,19 @@ impl Engine {
             aborted,
             migration: None,
         })
+    }
+}
+
+/// The unfinished job among `jobs` that moves the domain `uuid`.
+fn moving<'a>(jobs: &'a HashMap<String, Arc<Job>>, uuid: &str) -> Option<&'a Arc<Job>> {
+    jobs.values()
+        .find(|j| !j.status().phase.is_final() && j.vm.uuid.as_deref() == Some(uuid))
+}
+
+/// A domain addressed by its uuid only.
+fn by_uuid(uuid: &str) -> DomainRef {
+    DomainRef {
+        name: None,
+        uuid: Some(uuid.to_string()),
     }
 }

@@ -29,17 +29,7 @@ fn node() -> impl Strategy<Value = Option<String>> {
 }
 
 fn state() -> impl Strategy<Value = DomainState> {
-    use DomainState::*;
-    proptest::sample::select(vec![
-        Running,
-        Blocked,
-        Paused,
-        ShuttingDown,
-        ShutOff,
-        Crashed,
-        Suspended,
-        Unknown,
-    ])
+    proptest::sample::select(DomainState::ALL.to_vec())
 }
 
 fn failure() -> impl Strategy<Value = AgentFailure> {
