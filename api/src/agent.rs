@@ -55,6 +55,10 @@ pub struct ResolvedTuning {
     pub auto_converge: bool,
     /// Post-copy may be used (stall or timeout).
     pub post_copy: bool,
+    /// Seconds the agent keeps resuming a post-copy that lost its link;
+    /// 0 = no recovery. Absent from records written before it existed.
+    #[serde(default = "default_post_copy_recovery")]
+    pub post_copy_recovery_timeout_seconds: u32,
     /// Parallel connections (1 = a single stream).
     pub parallel_connections: u8,
     /// Stream compression.
@@ -76,12 +80,20 @@ impl Default for ResolvedTuning {
             on_timeout: TimeoutAction::PostCopy,
             auto_converge: false,
             post_copy: true,
+            post_copy_recovery_timeout_seconds: default_post_copy_recovery(),
             parallel_connections: 1,
             compression: Compression::None,
             storage: StorageMode::Auto,
             tls: false,
         }
     }
+}
+
+/// The built-in post-copy recovery bound: long enough for a link flap or a
+/// switch reboot, short enough that a lasting split is reported while the
+/// operator can still act.
+fn default_post_copy_recovery() -> u32 {
+    300
 }
 
 /// A disk as the migration plans to move it.

@@ -23,6 +23,10 @@ pub enum ConditionType {
     /// After a failure or cancellation: the agents' state is cleaned and the
     /// VM was verified to run on exactly one node (named in the message).
     Settled,
+    /// Set once post-copy lost its link: False (PostCopyLinkLost) while the
+    /// source agent resumes the move, True (PostCopyRecovered) once the
+    /// memory flows again.
+    LinkHealthy,
 }
 
 impl ConditionType {
@@ -36,6 +40,7 @@ impl ConditionType {
             ConditionType::AgentsReachable => "AgentsReachable",
             ConditionType::Completed => "Completed",
             ConditionType::Settled => "Settled",
+            ConditionType::LinkHealthy => "LinkHealthy",
         }
     }
 }
@@ -64,6 +69,9 @@ pub enum ConditionReason {
     VMMoving,
     /// A live migration of a VM that does not run.
     VMNotRunning,
+    /// The VM is in a passing state (shutting down): Prechecking waits for
+    /// it to settle, then fails.
+    VMStateSettling,
     /// The only possible target is the VM's own node.
     SameNode,
     /// spec.targetNode has no Hypervisor object.
@@ -123,6 +131,9 @@ pub enum ConditionReason {
     /// Post-copy lost its link: the guest is paused with its memory split
     /// between the nodes; only resuming the move (or a person) can end it.
     PostCopyLinkLost,
+    /// A post-copy that lost its link flows again (the agent resumed it, or
+    /// QEMU's own stream did once the link returned).
+    PostCopyRecovered,
 }
 
 impl ConditionReason {
@@ -138,6 +149,7 @@ impl ConditionReason {
             ConditionReason::VMAmbiguous => "VMAmbiguous",
             ConditionReason::VMMoving => "VMMoving",
             ConditionReason::VMNotRunning => "VMNotRunning",
+            ConditionReason::VMStateSettling => "VMStateSettling",
             ConditionReason::SameNode => "SameNode",
             ConditionReason::TargetNotFound => "TargetNotFound",
             ConditionReason::TargetNotReady => "TargetNotReady",
@@ -165,6 +177,7 @@ impl ConditionReason {
             ConditionReason::StaleDefinitionRemoved => "StaleDefinitionRemoved",
             ConditionReason::VMDefinedTwice => "VMDefinedTwice",
             ConditionReason::PostCopyLinkLost => "PostCopyLinkLost",
+            ConditionReason::PostCopyRecovered => "PostCopyRecovered",
         }
     }
 }

@@ -284,4 +284,12 @@ pub struct MigrationResult {
     pub downtime_ms: u64,
     /// Bytes sent over the network.
     pub data_transferred_bytes: u64,
+    /// How many times post-copy lost its link and the move was resumed
+    /// (by the agent, or by QEMU's own stream once the link returned).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub post_copy_recoveries: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

@@ -63,6 +63,22 @@ pub fn how(mode: MigrationMode, state: DomainState, persistent: bool) -> Result<
     }
 }
 
+/// A state the domain leaves by itself within seconds (a shutdown under
+/// way, or the instant of a destroy): worth waiting for before refusing.
+pub fn settling(state: DomainState) -> bool {
+    use DomainState as S;
+    match state {
+        S::ShuttingDown => true,
+        S::Running
+        | S::Blocked
+        | S::Paused
+        | S::ShutOff
+        | S::Crashed
+        | S::Suspended
+        | S::Unknown => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +120,16 @@ mod tests {
                 "{mode:?} {state:?} persistent={persistent}"
             );
         }
+    }
+
+    #[test]
+    fn only_a_shutdown_under_way_is_waited_for() {
+        let settling: Vec<DomainState> = DomainState::ALL
+            .iter()
+            .copied()
+            .filter(|s| settling(*s))
+            .collect();
+        assert_eq!(settling, vec![DomainState::ShuttingDown]);
     }
 
     #[test]

@@ -54,6 +54,14 @@ pub struct MigrationTuning {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub post_copy: Option<bool>,
 
+    /// How long the source agent keeps resuming a post-copy migration that
+    /// lost its link (libvirt's post-copy recovery) before it reports the
+    /// migration Failed, in seconds. The guest cannot run anywhere else
+    /// meanwhile: its memory is split between the nodes. 0 = do not try.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86_400))]
+    pub post_copy_recovery_timeout_seconds: Option<u32>,
+
     /// Number of parallel connections for the memory stream (1 to 16).
     /// More than one excludes post-copy (QEMU cannot combine them): such a
     /// migration converges by the downtime ramp and onTimeout Pause or Abort.

@@ -103,6 +103,7 @@ fn overlay(t: &mut ResolvedTuning, from: &MigrationTuning) {
         on_timeout,
         auto_converge,
         post_copy,
+        post_copy_recovery_timeout_seconds,
         parallel_connections,
         compression,
         storage,
@@ -120,6 +121,10 @@ fn overlay(t: &mut ResolvedTuning, from: &MigrationTuning) {
     set(&mut t.on_timeout, on_timeout);
     set(&mut t.auto_converge, auto_converge);
     set(&mut t.post_copy, post_copy);
+    set(
+        &mut t.post_copy_recovery_timeout_seconds,
+        post_copy_recovery_timeout_seconds,
+    );
     set(&mut t.parallel_connections, parallel_connections);
     set(&mut t.compression, compression);
     set(&mut t.storage, storage);

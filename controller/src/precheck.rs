@@ -145,8 +145,13 @@ pub fn check(
     }
     let d = &located.domain;
     if let Err(no) = kvmotion_api::movable::how(spec.mode, d.state, d.persistent) {
+        let reason = if kvmotion_api::movable::settling(d.state) {
+            ConditionReason::VMStateSettling
+        } else {
+            ConditionReason::VMNotRunning
+        };
         return Err(refuse(
-            ConditionReason::VMNotRunning,
+            reason,
             format!("{} is {:?}: {}", d.name, d.state, no.needed),
         ));
     }

@@ -11,7 +11,10 @@
 # at the same path but backed by its own storage.
 #
 # Usage: lab.sh up | down | status | exec NODE CMD... | virsh NODE ARGS... |
-#        cut | restore | kill-libvirtd NODE | start-libvirtd NODE | guest-dir
+#        cut | restore | shape MBIT | unshape | kill-libvirtd NODE |
+#        start-libvirtd NODE | guest-dir
+# `shape` caps the migration link at MBIT megabits/s each way (tc tbf), so
+# a move lasts long enough to cut it mid-phase; `unshape` lifts the cap.
 set -euo pipefail
 LAB_DIR=$(cd "$(dirname "$0")" && pwd)
 LAB=${KVMOTION_LAB_DIR:-/var/lib/kvmotion-lab}
@@ -49,7 +52,7 @@ node_exec() {
 write_config() { # write_config NODE
   local node=$1 d; d=$(node_dir "$1")
   mkdir -p "$d"/{etc/libvirt,run/libvirt,var/lib/libvirt,var/cache/libvirt,var/log/libvirt/qemu,local}
-  cp -rn /etc/libvirt/. "$d/etc/libvirt/"
+  cp -rn "$ROOTFS/etc/libvirt/." "$d/etc/libvirt/"
   cat >"$d/etc/libvirt/libvirtd.conf" <<CONF
 listen_tls = 0
 listen_tcp = 1
@@ -75,18 +78,31 @@ migration_address = "${MIG_IP[$node]}"
 migration_host = "${MIG_IP[$node]}"
 shared_filesystems = [ "$SHARED" ]
 CONF
+  local guest_cache=${KVMOTION_CACHE:-$HOME/.cache/kvmotion}/lab
   cat >"$d/init.sh" <<INIT
 #!/bin/sh
-# Runs in $node's fresh network, mount and UTS namespaces.
+# Runs in $node's fresh network, mount and UTS namespaces: the node's own
+# directories are bound at the usual paths, on the host side (where the
+# agent and the tests look) and inside the hypervisor root filesystem
+# (where libvirtd and QEMU run). Nothing here is visible outside.
 set -e
 hostname $node
 mount --make-rslave /
+R=$ROOTFS
+mount --bind "\$R" "\$R" # its own mount, so the node's binds stay in this namespace
+mount -t proc proc "\$R/proc"
+mount --rbind /sys "\$R/sys"
+mount --rbind /dev "\$R/dev"
+mount -t tmpfs tmpfs "\$R/run"
+mount -t tmpfs tmpfs "\$R/tmp"
 for p in /etc/libvirt /run/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/libvirt; do
-  mkdir -p "\$p"; mount --bind "$d\$p" "\$p"
+  mkdir -p "\$p" "\$R\$p"; mount --bind "$d\$p" "\$p"; mount --bind "$d\$p" "\$R\$p"
 done
-mkdir -p $LOCAL; mount --bind "$d/local" $LOCAL
+mkdir -p $LOCAL; mount --bind "$d/local" $LOCAL; mount --bind "$d/local" "\$R$LOCAL"
+mount --bind "$LAB" "\$R$LAB"
+mkdir -p "\$R$guest_cache"; mount --bind "$guest_cache" "\$R$guest_cache"
 ip link set lo up
-exec libvirtd --listen --config /etc/libvirt/libvirtd.conf --pid-file /run/libvirt/libvirtd.pid
+exec chroot "\$R" libvirtd --listen --config /etc/libvirt/libvirtd.conf --pid-file /run/libvirt/libvirtd.pid
 INIT
   chmod +x "$d/init.sh"
 }
@@ -151,7 +167,9 @@ net_down() {
 cmd_up() {
   [ "$(id -u)" = 0 ] || die "the lab needs root (network namespaces, libvirtd)"
   "$LAB_DIR/install.sh"
+  ROOTFS=$("$LAB_DIR/rootfs.sh")
   mkdir -p "$SHARED"
+  echo "$ROOTFS" >"$LAB/rootfs"
   net_up
   for node in "${NODES[@]}"; do
     write_config "$node"
@@ -195,8 +213,13 @@ case "${1:-}" in
   socket) shift; check_node "${1:-}"; echo "$(node_dir "$1")/run/libvirt/libvirt-sock" ;;
   cut) ip netns exec node-a ip link set mig0 down; ip netns exec node-b ip link set mig0 down ;;
   restore) ip netns exec node-a ip link set mig0 up; ip netns exec node-b ip link set mig0 up ;;
+  shape) shift; [[ "${1:-}" =~ ^[0-9]+$ ]] || die "shape needs a rate in Mbit/s"
+    for node in "${NODES[@]}"; do
+      ip netns exec "$node" tc qdisc replace dev mig0 root tbf rate "${1}mbit" burst 64kb latency 200ms
+    done ;;
+  unshape) for node in "${NODES[@]}"; do ip netns exec "$node" tc qdisc del dev mig0 root 2>/dev/null || true; done ;;
   kill-libvirtd) shift; check_node "${1:-}"; kill_libvirtd "$1" ;;
   start-libvirtd) shift; check_node "${1:-}"; start_libvirtd "$1" ;;
   guest-dir) cat "$LAB/guest-dir" ;;
-  *) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

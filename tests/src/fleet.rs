@@ -406,6 +406,7 @@ fn job_status(id: &str, job: &Job, job_time: Duration) -> JobStatus {
             duration_ms: job_time.as_millis() as u64,
             downtime_ms: 10,
             data_transferred_bytes: total,
+            post_copy_recoveries: 0,
         }),
         message: (job.phase == JobPhase::Aborted).then(|| "aborted on request".to_string()),
         reason: (job.phase == JobPhase::Aborted).then(|| "Requested".to_string()),

@@ -48,6 +48,40 @@ fn script() -> PathBuf {
     crate::repo_root().join("tests/lab/lab.sh")
 }
 
+/// The migration link cut (`lab.sh cut`) until dropped, also on a panic.
+pub struct Cut(());
+
+impl Cut {
+    /// Cuts the link between the nodes.
+    pub fn now() -> Cut {
+        lab(&["cut"]);
+        Cut(())
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        let _ = lab_try(&["restore"]);
+    }
+}
+
+/// The migration link capped at a rate (`lab.sh shape`) until dropped.
+pub struct Shaped(());
+
+impl Shaped {
+    /// Caps the link at `mbit` megabits per second each way.
+    pub fn at(mbit: u32) -> Shaped {
+        lab(&["shape", &mbit.to_string()]);
+        Shaped(())
+    }
+}
+
+impl Drop for Shaped {
+    fn drop(&mut self) {
+        let _ = lab_try(&["unshape"]);
+    }
+}
+
 /// Runs `lab.sh ARGS`; returns stdout, panicking with stderr on failure.
 pub fn lab(args: &[&str]) -> String {
     let out = Command::new("bash")

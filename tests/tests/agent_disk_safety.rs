@@ -129,12 +129,9 @@ async fn concurrent_prepares_create_an_image_once_and_two_migrations_cannot_shar
         Drive::new("safe-race-1", &guest, "node-a").with_copied_disk(&guest, spec.disk_mib << 20);
     let rival =
         Drive::new("safe-race-2", &guest, "node-a").with_copied_disk(&guest, spec.disk_mib << 20);
-    let (a, b, c) = tokio::join!(
-        same.prepare(&agents),
-        same.prepare(&agents),
-        rival.prepare(&agents)
-    );
-
+    // Two retries of one prepare race each other: one creates the image,
+    // the other waits for it and gets the same answer.
+    let (a, b) = tokio::join!(same.prepare(&agents), same.prepare(&agents));
     assert_eq!(
         (a.0, b.0),
         (200, 200),
@@ -142,8 +139,12 @@ async fn concurrent_prepares_create_an_image_once_and_two_migrations_cannot_shar
     );
     assert_eq!(a.1, b.1, "both answers are the same preparation");
     assert_eq!(a.1["createdDisks"][0], path.as_str(), "{}", a.1);
+    // A rival migration racing a third retry must not share the image the
+    // first one created, and the retry still gets its answer.
+    let (c, d) = tokio::join!(rival.prepare(&agents), same.prepare(&agents));
     assert_eq!(c.0, 409, "the rival must not share the image: {:?}", c.1);
     assert_eq!(c.1["reason"], "DiskPathInUse");
+    assert_eq!(d, a, "the retry beside the rival gets the first answer");
     // The image is the one prepare created: empty, of the right size.
     let info = lab(&["exec", "node-b", "qemu-img", "info", "--output=json", &path]);
     let info: Value = serde_json::from_str(&info).expect("qemu-img info");

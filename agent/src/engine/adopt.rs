@@ -18,7 +18,7 @@ use super::state::{JobRecord, Kind};
 use super::target::Prepared;
 use super::{Engine, Job, millis};
 use crate::error::{Error, blocking, blocking_io};
-use crate::libvirt::{FinalStats, Libvirt, LibvirtError};
+use crate::libvirt::{Libvirt, LibvirtError};
 
 /// What [`Engine::adopt`] found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -56,11 +56,19 @@ impl Engine {
             let lv = self.lv.clone();
             let vm = record.vm.clone();
             let running = blocking(move || lv.job(&vm)).await?.is_some();
+            let (lv, vm) = (self.lv.clone(), record.vm.clone());
+            let split = !running
+                && record.how == Move::LiveRunning
+                && blocking(move || lv.post_copy_failed(&vm)).await?;
             let mut status = record.status.clone();
             status.actions.push("Adopted(agent restart)".into());
             let job = self.restore(&id, record.vm.clone(), status);
             let engine = self.clone();
-            if running {
+            if split {
+                found.running += 1;
+                info!(migration = %id, vm = %record.vm, "recovering a post-copy that lost its link while the agent was away");
+                tokio::spawn(async move { engine.resume_recovery(job, record).await });
+            } else if running {
                 found.running += 1;
                 info!(migration = %id, vm = %record.vm, "monitoring a job libvirt still runs");
                 tokio::spawn(async move { engine.resume_monitoring(job, record).await });
@@ -88,13 +96,15 @@ impl Engine {
         job.update(|s| s.phase = JobPhase::Running);
         let events = self.lv.subscribe();
         let end = job_gone(self.lv.clone(), job.vm.clone(), self.config.poll);
-        let ran_for = Duration::from_millis(unix_ms().saturating_sub(record.started_unix_ms));
-        let started = Instant::now()
-            .checked_sub(ran_for)
-            .unwrap_or_else(Instant::now);
+        let started = started_at(&record);
         let mut outcome = self
             .monitor(&job, &record.request, transfer, end, events, started)
             .await;
+        if record.how == Move::LiveRunning {
+            outcome = self
+                .recover_if_split(&job, &record.request, started, outcome)
+                .await;
+        }
         if let Ok(o) = &outcome
             && o.phase == JobPhase::Completed
             && record.how == (Move::OfflineWithMemory { paused: false })
@@ -118,6 +128,17 @@ impl Engine {
 
     /// How a job that ended while the agent was away came out, from where
     /// the domain is now.
+    /// Takes up the recovery of a post-copy found split at start.
+    async fn resume_recovery(self: Arc<Self>, job: Arc<Job>, record: JobRecord) {
+        let started = started_at(&record);
+        let node = self.config.node.clone();
+        let split = super::source::split(&record.request, &node, "found at agent start");
+        let outcome = self
+            .recover_if_split(&job, &record.request, started, Ok(split))
+            .await;
+        self.conclude(&job, record, outcome).await;
+    }
+
     async fn ended_meanwhile(&self, job: &Job, record: &JobRecord) -> Result<Outcome, Error> {
         self.restore_guest(job, record).await;
         let lv = self.lv.clone();
@@ -143,20 +164,8 @@ impl Engine {
         }
         // The source's copy is gone with its statistics; the target keeps
         // those of the job it completed.
-        let lv = self.lv.clone();
-        let (uri, vm) = (record.request.target.libvirt_uri.clone(), job.vm.clone());
-        let stats = blocking(move || lv.completed_stats_at(&uri, &vm)).await;
         let wall = Duration::from_millis(unix_ms().saturating_sub(record.started_unix_ms));
-        let (stats, note) = match stats {
-            Ok(Some(s)) => (s, "FinalStats(from the target)"),
-            Ok(None) | Err(_) => (
-                FinalStats {
-                    elapsed: wall,
-                    ..Default::default()
-                },
-                "FinalStatsLost(downtime and bytes unknown)",
-            ),
-        };
+        let (stats, note) = self.final_stats_from_target(&record.request, wall).await;
         job.update(|s| s.actions.push(note.into()));
         Ok(Outcome {
             phase: JobPhase::Completed,
@@ -166,6 +175,7 @@ impl Engine {
                 duration_ms: millis(stats.elapsed),
                 downtime_ms: millis(stats.downtime),
                 data_transferred_bytes: stats.data_processed,
+                post_copy_recoveries: 0,
             }),
         })
     }
@@ -203,6 +213,14 @@ impl Engine {
 
 /// Resolves once libvirt runs no job on `vm`: Ok when the VM left (no
 /// guest here any more), an error when it still runs here.
+/// When the recorded job started, as an `Instant` of this process.
+fn started_at(record: &JobRecord) -> Instant {
+    let ran_for = Duration::from_millis(unix_ms().saturating_sub(record.started_unix_ms));
+    Instant::now()
+        .checked_sub(ran_for)
+        .unwrap_or_else(Instant::now)
+}
+
 fn job_gone(lv: Arc<dyn Libvirt>, vm: DomainRef, poll: Duration) -> JobEnd {
     Box::pin(async move {
         loop {

@@ -7,6 +7,7 @@ pub mod convergence;
 pub mod disksync;
 pub mod offline;
 pub mod progress;
+pub mod recovery;
 pub mod source;
 pub mod state;
 pub mod target;

@@ -43,6 +43,7 @@ impl Engine {
                 duration_ms: millis(started.elapsed()),
                 downtime_ms: 0,
                 data_transferred_bytes: sent,
+                post_copy_recoveries: 0,
             }),
         })
     }

@@ -101,7 +101,10 @@ impl Engine {
         if status.phase.is_final() {
             return Ok(status);
         }
-        if status.progress.mode == kvmotion_api::migration::TransferMode::PostCopy {
+        if matches!(
+            status.progress.mode,
+            TransferMode::PostCopy | TransferMode::PostCopyPaused
+        ) {
             return Err(Error::Conflict(format!(
                 "migration {id} is in post-copy: the guest already runs on the target and cannot be pulled back"
             )));
@@ -126,8 +129,12 @@ impl Engine {
         if let Some(note) = reconcile_tuning(&mut req.tuning, how) {
             job.update(|s| s.actions.push(note.into()));
         }
+        let started = Instant::now();
         let outcome = match how {
-            Move::LiveRunning => self.run_libvirt_job(&job, &req, Transfer::Live).await,
+            Move::LiveRunning => {
+                let o = self.run_libvirt_job(&job, &req, Transfer::Live).await;
+                self.recover_if_split(&job, &req, started, o).await
+            }
             Move::LivePaused => self.run_libvirt_job(&job, &req, Transfer::LivePaused).await,
             Move::OfflineDefinition => self.run_offline_defined(&job, &req).await,
             Move::OfflineWithMemory { paused } => {
@@ -323,6 +330,8 @@ impl Engine {
                 let action = match (transfer, req.tuning.post_copy) {
                     // Nothing changes in a stopped guest: the copy ends by itself.
                     (Transfer::LivePaused | Transfer::Stopped { .. }, _) => Action::Continue,
+                    // Already in post-copy: it ends as fast as the link allows.
+                    (Transfer::LiveResume, _) => Action::Continue,
                     (Transfer::Live, true) => Action::StartPostCopy,
                     (Transfer::Live, false) => Action::Pause,
                 };
@@ -378,6 +387,7 @@ impl Engine {
                         }),
                         downtime_ms: millis(stats.downtime),
                         data_transferred_bytes: stats.data_processed,
+                        post_copy_recoveries: 0,
                     }),
                 })
             }
@@ -398,16 +408,7 @@ impl Engine {
                         .unwrap_or(false)
                 {
                     job.update(|s| s.progress.mode = TransferMode::PostCopyPaused);
-                    return Ok(Outcome {
-                        phase: JobPhase::Failed,
-                        reason: Some(POST_COPY_LINK_LOST),
-                        message: Some(format!(
-                            "post-copy lost its link to {target}: the guest is paused on {here} and its newest memory is split between {here} and {target} ({e}); libvirt keeps both halves: once the link is back, resume the move (virsh migrate --live --p2p --postcopy --postcopy-resume on {here}); never start or destroy one half alone",
-                            target = req.target_node,
-                            here = self.config.node,
-                        )),
-                        result: None,
-                    });
+                    return Ok(split(req, &self.config.node, &e.to_string()));
                 }
                 let (phase, reason, message) = if abort_sent {
                     (
@@ -496,6 +497,20 @@ fn reconcile_tuning(t: &mut ResolvedTuning, how: Move) -> Option<&'static str> {
     None
 }
 
+/// The outcome of a post-copy that lost its link, `detail` saying how:
+/// where each half of the guest is and what a person can do.
+pub(crate) fn split(req: &StartRequest, here: &str, detail: &str) -> Outcome {
+    Outcome {
+        phase: JobPhase::Failed,
+        reason: Some(POST_COPY_LINK_LOST),
+        message: Some(format!(
+            "post-copy lost its link to {target}: the guest runs on {target} with part of its memory still on {here}, where it is paused ({detail}); libvirt keeps both halves: once the link is back, resume the move (virsh migrate --live --p2p --persistent --undefinesource --postcopy --postcopy-resume on {here}); never start or destroy one half alone",
+            target = req.target_node,
+        )),
+        result: None,
+    }
+}
+
 /// How the guest runs while libvirt moves it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Transfer {
@@ -503,6 +518,9 @@ pub(crate) enum Transfer {
     Live,
     /// Paused before the move and kept paused (live, arrives paused).
     LivePaused,
+    /// Resuming a live move whose post-copy lost its link, with the flags
+    /// of the original call.
+    LiveResume,
     /// Stopped for the move (offline); `disks_synced` when the agents
     /// already copied the local disks.
     Stopped {
@@ -525,18 +543,21 @@ fn check_mode(info: &DomainInfo, mode: MigrationMode) -> Result<Move, Error> {
 fn migrate_call(req: &StartRequest, transfer: Transfer) -> MigrateCall {
     let t: &ResolvedTuning = &req.tuning;
     let (live, disks_synced) = match transfer {
-        Transfer::Live | Transfer::LivePaused => (true, false),
+        Transfer::Live | Transfer::LivePaused | Transfer::LiveResume => (true, false),
         Transfer::Stopped { disks_synced } => (false, disks_synced),
     };
+    // libvirt wants a resume called with the original migration's flags.
+    let live_running = matches!(transfer, Transfer::Live | Transfer::LiveResume);
     MigrateCall {
         dest_libvirt_uri: req.target.libvirt_uri.clone(),
         dest_migration_uri: req.target.migration_uri.clone(),
         live,
         offline: false,
         bandwidth_mibps: u64::from(t.bandwidth_mibps),
-        post_copy: t.post_copy && transfer == Transfer::Live,
-        auto_converge: t.auto_converge && transfer == Transfer::Live,
+        post_copy: t.post_copy && live_running,
+        auto_converge: t.auto_converge && live_running,
         keep_paused: transfer == Transfer::LivePaused,
+        post_copy_resume: transfer == Transfer::LiveResume,
         parallel_connections: t.parallel_connections,
         compression: match t.compression {
             Compression::None => None,

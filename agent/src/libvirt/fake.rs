@@ -10,7 +10,8 @@ use kvmotion_api::hypervisor::{DomainInfo, HostCpu, HostMemory};
 use tokio::sync::broadcast;
 
 use super::{
-    CpuCompat, FinalStats, GuestCpu, HostFacts, Libvirt, LibvirtError, LibvirtEvent, MigrateCall,
+    CpuCompat, DomainStanding, FinalStats, GuestCpu, HostFacts, Libvirt, LibvirtError,
+    LibvirtEvent, MigrateCall, PostCopy,
 };
 use crate::engine::convergence::JobSample;
 
@@ -95,6 +96,17 @@ impl Libvirt for FakeLibvirt {
     }
     fn post_copy_failed(&self, _: &DomainRef) -> Result<bool, LibvirtError> {
         Ok(false)
+    }
+    fn standing(
+        &self,
+        _: Option<&str>,
+        vm: &DomainRef,
+    ) -> Result<Option<DomainStanding>, LibvirtError> {
+        Ok(self.find(vm).map(|d| DomainStanding {
+            state: d.state,
+            post_copy: PostCopy::None,
+            job: false,
+        }))
     }
     fn job_throttle(&self, _: &DomainRef) -> Result<Option<u8>, LibvirtError> {
         Ok(None)

@@ -12,7 +12,7 @@ pub mod xml;
 use std::time::Duration;
 
 use kvmotion_api::agent::DomainRef;
-use kvmotion_api::hypervisor::{DomainInfo, HostCpu, HostMemory};
+use kvmotion_api::hypervisor::{DomainInfo, DomainState, HostCpu, HostMemory};
 
 use crate::engine::convergence::JobSample;
 
@@ -79,6 +79,33 @@ pub struct MigrateCall {
     /// Local disks were already synced to the target by the agents, so
     /// libvirt must accept them without shared storage.
     pub disks_synced: bool,
+    /// Resume a post-copy migration that lost its link, with the flags of
+    /// the original call (libvirt's post-copy recovery).
+    pub post_copy_resume: bool,
+}
+
+/// Where a domain stands in a post-copy migration, as libvirt's state
+/// reasons tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostCopy {
+    /// Not in post-copy (or never was).
+    None,
+    /// Post-copy under way.
+    Active,
+    /// Post-copy lost its link: paused on the source, running on the
+    /// target with vCPUs waiting for pages.
+    Failed,
+}
+
+/// A domain as seen on a node, with its post-copy standing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DomainStanding {
+    /// libvirt's state.
+    pub state: DomainState,
+    /// Its post-copy standing.
+    pub post_copy: PostCopy,
+    /// libvirt runs a job on it.
+    pub job: bool,
 }
 
 /// Final figures of a finished job, from libvirt's job-completed event.
@@ -154,6 +181,13 @@ pub trait Libvirt: Send + Sync + 'static {
     /// Whether the domain here is in one of libvirt's failed post-copy
     /// states (paused on the source, running on the target).
     fn post_copy_failed(&self, vm: &DomainRef) -> Result<bool, LibvirtError>;
+    /// The domain's standing on the daemon at `uri` (`None`: this node's);
+    /// `None` when it does not exist there.
+    fn standing(
+        &self,
+        uri: Option<&str>,
+        vm: &DomainRef,
+    ) -> Result<Option<DomainStanding>, LibvirtError>;
     /// Auto-converge throttle of the running job, percent.
     fn job_throttle(&self, vm: &DomainRef) -> Result<Option<u8>, LibvirtError>;
     /// Aborts the running job.

@@ -14,8 +14,8 @@ use virt::domain::Domain;
 use virt::sys;
 
 use super::{
-    CpuCompat, FinalStats, GuestCpu, HostFacts, Libvirt, LibvirtError, LibvirtEvent, MigrateCall,
-    events, xml,
+    CpuCompat, DomainStanding, FinalStats, GuestCpu, HostFacts, Libvirt, LibvirtError,
+    LibvirtEvent, MigrateCall, PostCopy, events, xml,
 };
 use crate::engine::convergence::JobSample;
 
@@ -207,6 +207,9 @@ fn migrate_flags(call: &MigrateCall, persistent: bool) -> u32 {
     if call.disks_synced {
         flags |= sys::VIR_MIGRATE_UNSAFE;
     }
+    if call.post_copy_resume {
+        flags |= sys::VIR_MIGRATE_POSTCOPY | sys::VIR_MIGRATE_POSTCOPY_RESUME;
+    }
     flags | sys::VIR_MIGRATE_ABORT_ON_ERROR
 }
 
@@ -391,6 +394,48 @@ impl Libvirt for VirtLibvirt {
             Some(dom) => raw_state(&dom).map(|(s, r)| postcopy_failed(s, r)),
             None => Ok(false),
         })
+    }
+
+    fn standing(
+        &self,
+        uri: Option<&str>,
+        vm: &DomainRef,
+    ) -> Result<Option<DomainStanding>, LibvirtError> {
+        let read = |conn: &Connect| -> Result<Option<DomainStanding>, LibvirtError> {
+            let Some(dom) = self.lookup(conn, vm)? else {
+                return Ok(None);
+            };
+            let (state, reason) = raw_state(&dom)?;
+            let active = (state == sys::VIR_DOMAIN_PAUSED
+                && reason == sys::VIR_DOMAIN_PAUSED_POSTCOPY as c_int)
+                || (state == sys::VIR_DOMAIN_RUNNING
+                    && reason == sys::VIR_DOMAIN_RUNNING_POSTCOPY as c_int);
+            let post_copy = if postcopy_failed(state, reason) {
+                PostCopy::Failed
+            } else if active {
+                PostCopy::Active
+            } else {
+                PostCopy::None
+            };
+            let job = dom.is_active().unwrap_or(false) && raw_job_stats(&dom, 0)?.is_some();
+            Ok(Some(DomainStanding {
+                state: state_of(state),
+                post_copy,
+                job,
+            }))
+        };
+        match uri {
+            None => self.with_conn(read),
+            Some(uri) => {
+                let conn = Connect::open(Some(uri)).map_err(|e| LibvirtError::Connect {
+                    uri: uri.to_string(),
+                    message: e.message().to_string(),
+                })?;
+                let r = read(&conn);
+                drop(conn);
+                r
+            }
+        }
     }
 
     fn job_throttle(&self, vm: &DomainRef) -> Result<Option<u8>, LibvirtError> {

@@ -87,6 +87,7 @@ pub fn succeeded() -> VirtualMachineMigration {
             duration_ms: 11_400,
             downtime_ms: 45,
             data_transferred_bytes: 300 << 20,
+            post_copy_recoveries: 0,
         });
         s.conditions.push(cond(
             "Completed",

@@ -3,10 +3,10 @@
 
 use jiff::Timestamp;
 use kvmotion_api::agent::{
-    DomainPresence, JobPhase, PrepareRequest, PrepareResponse, StartRequest,
+    DomainPresence, JobPhase, JobStatus, PrepareRequest, PrepareResponse, StartRequest,
 };
 use kvmotion_api::hypervisor::DomainInfo;
-use kvmotion_api::migration::{MigrationMode, TransferMode};
+use kvmotion_api::migration::{MigrationMode, TransferMode, VirtualMachineMigrationStatus};
 use kvmotion_api::{ConditionReason as R, ConditionType as C, Phase};
 
 use super::plan::locate_and_plan;
@@ -139,6 +139,51 @@ pub fn reachable_now(obs: &Observed, d: &mut Decision, now: Timestamp) {
     }
 }
 
+/// Whether the job's post-copy link went down or came back since the
+/// status last said: mirrored at once, not at the progress interval.
+fn link_changed(status: &VirtualMachineMigrationStatus, job: &JobStatus) -> bool {
+    let paused = |m: TransferMode| m == TransferMode::PostCopyPaused;
+    status
+        .progress
+        .as_ref()
+        .is_some_and(|p| paused(p.mode) != paused(job.progress.mode))
+}
+
+/// LinkHealthy: False while the agent recovers a post-copy that lost its
+/// link, True once it flows again; absent when the link never failed.
+fn link_health(obs: &Observed, d: &mut Decision, job: &JobStatus, now: Timestamp) {
+    let was = conditions::get(&d.status.conditions, C::LinkHealthy).map(|c| c.status.clone());
+    let recoveries = job.result.as_ref().map_or(0, |r| r.post_copy_recoveries);
+    if job.progress.mode == TransferMode::PostCopyPaused {
+        let m = job
+            .message
+            .clone()
+            .unwrap_or_else(|| "post-copy lost its link; the source agent resumes the move".into());
+        d.condition(
+            obs,
+            C::LinkHealthy,
+            false,
+            R::PostCopyLinkLost.as_str(),
+            m,
+            now,
+        );
+    } else if was.as_deref() == Some("False") || recoveries > 0 {
+        let m = if recoveries > 0 {
+            format!("post-copy lost its link and the move recovered ({recoveries} time(s))")
+        } else {
+            "post-copy flows again".to_string()
+        };
+        d.condition(
+            obs,
+            C::LinkHealthy,
+            true,
+            R::PostCopyRecovered.as_str(),
+            m,
+            now,
+        );
+    }
+}
+
 /// Migrating: mirror the job; move on when it ends.
 pub fn migrating(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp) {
     let job = match &obs.reading {
@@ -156,9 +201,10 @@ pub fn migrating(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp)
             let due = obs
                 .last_progress_write
                 .is_none_or(|t| elapsed(t, now) >= s.progress_interval);
-            if due || d.status.progress.is_none() {
+            if due || d.status.progress.is_none() || link_changed(&d.status, job) {
                 d.status.progress = Some(job.progress.clone());
             }
+            link_health(obs, d, job, now);
             let force = obs.spec.as_ref().is_ok_and(|sp| sp.force_complete);
             if force
                 && job.progress.mode == TransferMode::PreCopy
@@ -174,6 +220,7 @@ pub fn migrating(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp)
             p.data_remaining_bytes = 0;
             d.status.progress = Some(p);
             d.status.result = job.result.clone();
+            link_health(obs, d, job, now);
             d.enter(Phase::Finalizing, now);
         }
         JobPhase::Failed if job.reason.as_deref() == Some(R::PostCopyLinkLost.as_str()) => {

@@ -88,6 +88,7 @@ fn job() -> impl Strategy<Value = JobStatus> {
                     duration_ms: 1,
                     downtime_ms: 1,
                     data_transferred_bytes: 1,
+                    post_copy_recoveries: 0,
                 }),
                 message: None,
                 reason: None,

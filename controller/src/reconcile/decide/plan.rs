@@ -211,13 +211,17 @@ fn inputs<'a>(
 /// How soon a migration whose VM is listed twice looks again.
 const INVENTORY_RECHECK: Duration = Duration::from_secs(1);
 
-/// How long the migration has been in Scheduling.
-fn scheduling_for(status: &VirtualMachineMigrationStatus, now: Timestamp) -> Option<Duration> {
+/// How long the migration has been in `phase`.
+fn in_phase_for(
+    status: &VirtualMachineMigrationStatus,
+    phase: Phase,
+    now: Timestamp,
+) -> Option<Duration> {
     status
         .phase_transition_times
         .iter()
         .rev()
-        .find(|t| t.phase == Phase::Scheduling)
+        .find(|t| t.phase == phase)
         .map(|t| elapsed(t.time.0, now))
 }
 
@@ -235,7 +239,8 @@ pub fn scheduling(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp
         // twice after the agent timeout is a real conflict.
         Err(r)
             if r.reason == R::VMMoving
-                && scheduling_for(&d.status, now).is_none_or(|t| t < s.agent_timeout) =>
+                && in_phase_for(&d.status, Phase::Scheduling, now)
+                    .is_none_or(|t| t < s.agent_timeout) =>
         {
             d.condition(obs, C::Scheduled, false, r.reason.as_str(), r.message, now);
             d.next = Next::RequeueAfter(INVENTORY_RECHECK);
@@ -452,6 +457,23 @@ pub fn prechecking(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestam
                 now,
             );
             d.enter(Phase::Preparing, now);
+        }
+        // A shutdown (or the instant of a destroy) ends within seconds; an
+        // inventory may also show it a moment after the state changed. Wait
+        // for it as long as an agent may be silent, then refuse.
+        Err((R::VMStateSettling, message))
+            if in_phase_for(&d.status, Phase::Prechecking, now)
+                .is_none_or(|t| t < s.agent_timeout) =>
+        {
+            d.condition(
+                obs,
+                C::Prechecked,
+                false,
+                R::VMStateSettling.as_str(),
+                format!("{message} (waiting)"),
+                now,
+            );
+            d.next = Next::RequeueAfter(INVENTORY_RECHECK);
         }
         Err((reason, message)) => d.fail(obs, Some(C::Prechecked), reason.as_str(), message, now),
     }

@@ -140,6 +140,7 @@ impl Obs {
                     duration_ms: 1500,
                     downtime_ms: 30,
                     data_transferred_bytes: 300 << 20,
+                    post_copy_recoveries: 0,
                 }),
                 message: (phase == JobPhase::Failed).then(|| "stalled".into()),
                 reason: (phase == JobPhase::Failed).then(|| "ProgressTimeout".into()),
@@ -394,6 +395,21 @@ fn every_phase_decides_its_next_step() {
             "-",
         ),
         (
+            "Prechecking, VM still shutting down past the agent timeout → VMStateSettling",
+            Obs::new(Some(Prechecking)).with(|o| {
+                o.world.hypervisors[0] = Arc::new(hv("a", vec![web(DomainState::ShuttingDown)]));
+                o.status
+                    .phase_transition_times
+                    .push(kvmotion_api::migration::PhaseTransition {
+                        phase: Prechecking,
+                        time: Time(ago(120)),
+                    });
+            }),
+            Some(Failed),
+            "VMStateSettling",
+            "-",
+        ),
+        (
             "Prechecking, stale target heartbeat → AgentUnavailable",
             Obs::new(Some(Prechecking)).with(|o| {
                 o.world.heartbeats.insert("b".into(), ago(600));
@@ -598,6 +614,29 @@ fn every_phase_decides_its_next_step() {
         }
         assert_eq!(kind(&d.effect), effect, "{name}: effect");
     }
+}
+
+#[test]
+fn a_vm_shutting_down_is_waited_for_in_prechecking() {
+    let obs = Obs::new(Some(Phase::Prechecking)).with(|o| {
+        o.world.hypervisors[0] = Arc::new(hv("a", vec![web(DomainState::ShuttingDown)]));
+        o.status
+            .phase_transition_times
+            .push(kvmotion_api::migration::PhaseTransition {
+                phase: Phase::Prechecking,
+                time: Time(ago(3)),
+            });
+    });
+    let d = decide(&obs.0, &Settings::default(), now());
+    assert_eq!(d.status.phase, Some(Phase::Prechecking));
+    let c = conditions::get(&d.status.conditions, C::Prechecked).unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        ("False", "VMStateSettling")
+    );
+    assert!(c.message.contains("shutting down"), "{}", c.message);
+    assert_eq!(d.effect, None);
+    assert_eq!(d.next, Next::RequeueAfter(Duration::from_secs(1)));
 }
 
 #[test]
@@ -1009,4 +1048,78 @@ fn the_stale_copy_is_the_shut_off_one_beside_the_one_running_copy() {
     for (name, places, want) in cases {
         assert_eq!(stale_copy(&places), want, "{name}");
     }
+}
+
+#[test]
+fn a_post_copy_that_lost_its_link_shows_link_healthy_false_then_true_once_recovered() {
+    use kvmotion_api::migration::TransferMode;
+    let with_mode = |mode: TransferMode, phase: JobPhase| {
+        Obs::new(Some(Phase::Migrating)).job(phase).with(move |o| {
+            if let Reading::Job(Ok(j)) = &mut o.reading {
+                j.progress.mode = mode;
+                j.message = Some("post-copy lost its link to b; resuming".into());
+                if let Some(r) = &mut j.result {
+                    r.post_copy_recoveries = 1;
+                }
+            }
+        })
+    };
+    let link = |d: &Decision| {
+        conditions::get(&d.status.conditions, C::LinkHealthy)
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+
+    let healthy = decide(
+        &with_mode(TransferMode::PostCopy, JobPhase::Running).0,
+        &Settings::default(),
+        now(),
+    );
+    assert_eq!(
+        link(&healthy),
+        None,
+        "no condition while the link never failed"
+    );
+
+    let lost = decide(
+        &with_mode(TransferMode::PostCopyPaused, JobPhase::Running).0,
+        &Settings::default(),
+        now(),
+    );
+    assert_eq!(
+        lost.status.phase,
+        Some(Phase::Migrating),
+        "recovery keeps it Migrating"
+    );
+    assert_eq!(
+        link(&lost),
+        Some(("False".into(), "PostCopyLinkLost".into()))
+    );
+    assert_eq!(
+        lost.status.progress.as_ref().map(|p| p.mode),
+        Some(TransferMode::PostCopyPaused)
+    );
+
+    let mut again = with_mode(TransferMode::PostCopy, JobPhase::Running);
+    again.0.status = lost.status.clone();
+    let flows = decide(&again.0, &Settings::default(), now());
+    assert_eq!(
+        link(&flows),
+        Some(("True".into(), "PostCopyRecovered".into()))
+    );
+    assert_eq!(
+        flows.status.progress.as_ref().map(|p| p.mode),
+        Some(TransferMode::PostCopy),
+        "the link's return is mirrored at once"
+    );
+
+    let done = decide(
+        &with_mode(TransferMode::PostCopy, JobPhase::Completed).0,
+        &Settings::default(),
+        now(),
+    );
+    assert_eq!(
+        link(&done),
+        Some(("True".into(), "PostCopyRecovered".into()))
+    );
+    assert_eq!(done.status.result.map(|r| r.post_copy_recoveries), Some(1));
 }

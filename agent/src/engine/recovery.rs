@@ -1,0 +1,606 @@
+//! Post-copy recovery: a live migration whose post-copy phase lost its link
+//! is resumed with libvirt's `VIR_MIGRATE_POSTCOPY_RESUME`, with backoff,
+//! until the move finishes (by the agent's resume, or by QEMU's own stream
+//! once the link returns) or the policy's bound passes.
+//!
+//! The guest cannot run anywhere else meanwhile: its newest memory is split
+//! between the nodes. The choice of the next step is a pure function of what
+//! libvirt shows on both sides; the loop around it only observes and acts.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvmotion_api::agent::{JobPhase, StartRequest};
+use kvmotion_api::hypervisor::DomainState;
+use kvmotion_api::migration::{MigrationResult, TransferMode};
+use tracing::{info, warn};
+
+use super::source::{Outcome, POST_COPY_LINK_LOST, Transfer};
+use super::{Engine, Job, millis};
+use crate::error::{Error, blocking};
+use crate::libvirt::{DomainStanding, FinalStats, PostCopy};
+
+/// The longest wait between two resume attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(15);
+
+/// How often the split is looked at between attempts.
+const LOOK_EVERY: Duration = Duration::from_secs(1);
+
+/// The source's half, as libvirt shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceHalf {
+    /// The domain is gone or shut off here: its QEMU ended.
+    Gone,
+    /// Paused after a failed post-copy (libvirt may still hold the failed
+    /// job, waiting to be resumed).
+    Split,
+    /// libvirt runs a job on it again (a resume under way elsewhere).
+    Moving,
+    /// Any other state (libvirt has not caught up yet).
+    Other,
+    /// libvirt here cannot be asked (restarting).
+    Unknown,
+}
+
+/// The target's half, as libvirt shows it there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetHalf {
+    /// Runs the guest, no longer in post-copy: the move finished.
+    Runs,
+    /// Still in post-copy (failed, or waiting for QEMU's stream).
+    InPostCopy,
+    /// No such domain there.
+    Absent,
+    /// The target's libvirt cannot be reached (the link is still down).
+    Unknown,
+}
+
+/// What the recovery does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The move finished.
+    Finished,
+    /// Ask libvirt to resume the migration now.
+    Resume,
+    /// Look again after this long.
+    Wait(Duration),
+    /// The bound passed with the guest still split.
+    GiveUp,
+    /// The source's QEMU ended before the target had all memory.
+    Lost,
+}
+
+/// What the loop knows besides libvirt's view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attempts {
+    /// Resume attempts so far.
+    pub made: u32,
+    /// Time since the last attempt ended; `None` before the first.
+    pub since_last: Option<Duration>,
+}
+
+/// The wait before resume attempt `n + 1` after `n` failed ones: 1 s,
+/// doubling, at most `MAX_BACKOFF`.
+pub fn backoff(made: u32) -> Duration {
+    Duration::from_secs(1u64 << made.min(4)).min(MAX_BACKOFF)
+}
+
+/// The next step of a recovery `elapsed` into it, with `bound` allowed.
+pub fn next_step(
+    source: SourceHalf,
+    target: TargetHalf,
+    attempts: Attempts,
+    elapsed: Duration,
+    bound: Duration,
+) -> Step {
+    use SourceHalf as S;
+    use TargetHalf as T;
+    let past = elapsed >= bound;
+    match (source, target) {
+        (S::Gone, T::Runs) => Step::Finished,
+        (S::Gone, T::Absent) => Step::Lost,
+        // The target may not have noticed the end of the stream yet.
+        (S::Gone, T::InPostCopy | T::Unknown) if past => Step::Lost,
+        (S::Gone, T::InPostCopy | T::Unknown) => Step::Wait(LOOK_EVERY),
+        (S::Split, _) if past => Step::GiveUp,
+        (S::Split, T::Absent) => Step::Lost,
+        (S::Split, T::Runs | T::InPostCopy | T::Unknown) => {
+            let due = backoff(attempts.made);
+            match attempts.since_last {
+                Some(t) if t < due => Step::Wait(due - t),
+                Some(_) | None => Step::Resume,
+            }
+        }
+        (S::Moving | S::Other | S::Unknown, _) if past => Step::GiveUp,
+        (S::Moving | S::Other | S::Unknown, _) => Step::Wait(LOOK_EVERY),
+    }
+}
+
+/// The source half from libvirt's standing of the domain here.
+pub fn source_half(here: Result<Option<DomainStanding>, ()>) -> SourceHalf {
+    match here {
+        Err(()) => SourceHalf::Unknown,
+        Ok(None) => SourceHalf::Gone,
+        Ok(Some(d)) if d.state == DomainState::ShutOff => SourceHalf::Gone,
+        // libvirt keeps the failed job around, to be resumed: failed wins.
+        Ok(Some(d)) if d.post_copy == PostCopy::Failed => SourceHalf::Split,
+        Ok(Some(d)) if d.job => SourceHalf::Moving,
+        Ok(Some(_)) => SourceHalf::Other,
+    }
+}
+
+/// The target half from libvirt's standing of the domain there.
+pub fn target_half(there: Result<Option<DomainStanding>, ()>) -> TargetHalf {
+    match there {
+        Err(()) => TargetHalf::Unknown,
+        Ok(None) => TargetHalf::Absent,
+        Ok(Some(d)) => match (d.state, d.post_copy) {
+            (DomainState::Running | DomainState::Blocked | DomainState::Paused, PostCopy::None) => {
+                TargetHalf::Runs
+            }
+            (_, PostCopy::Active | PostCopy::Failed) => TargetHalf::InPostCopy,
+            (
+                DomainState::ShutOff
+                | DomainState::ShuttingDown
+                | DomainState::Crashed
+                | DomainState::Suspended
+                | DomainState::Unknown,
+                PostCopy::None,
+            ) => TargetHalf::Absent,
+        },
+    }
+}
+
+impl Engine {
+    /// Carries a live job to its end: when it ended with post-copy split
+    /// between the nodes, resumes it within the policy's bound.
+    pub(crate) async fn recover_if_split(
+        &self,
+        job: &Arc<Job>,
+        req: &StartRequest,
+        started: Instant,
+        outcome: Result<Outcome, Error>,
+    ) -> Result<Outcome, Error> {
+        match outcome {
+            Ok(o) if o.reason == Some(POST_COPY_LINK_LOST) => {
+                self.recover(job, req, started, o).await
+            }
+            other => other,
+        }
+    }
+
+    async fn recover(
+        &self,
+        job: &Arc<Job>,
+        req: &StartRequest,
+        started: Instant,
+        split: Outcome,
+    ) -> Result<Outcome, Error> {
+        let bound = Duration::from_secs(u64::from(req.tuning.post_copy_recovery_timeout_seconds));
+        let since = Instant::now();
+        let (mut attempts, mut episodes) = (
+            Attempts {
+                made: 0,
+                since_last: None,
+            },
+            1u32,
+        );
+        let mut last_end: Option<Instant> = None;
+        warn!(migration = %job.id, bound_s = bound.as_secs(), "post-copy lost its link; recovering");
+        job.update(|s| {
+            s.phase = JobPhase::Running;
+            s.progress.mode = TransferMode::PostCopyPaused;
+            s.message = Some(recovering_message(req, &self.config.node, 0, bound));
+            s.actions.push("PostCopyLinkLost".into());
+        });
+        loop {
+            attempts.since_last = last_end.map(|t| t.elapsed());
+            let (source, target) = self.halves(job, req).await;
+            let step = next_step(source, target, attempts, since.elapsed(), bound);
+            match step {
+                Step::Finished => {
+                    info!(migration = %job.id, episodes, "post-copy finished by QEMU's own stream");
+                    job.update(|s| s.actions.push("PostCopyFinishedByQemu".into()));
+                    self.drop_stale_source(job).await;
+                    let (stats, note) = self.final_stats_from_target(req, started.elapsed()).await;
+                    job.update(|s| s.actions.push(note.into()));
+                    return Ok(completed(stats, started.elapsed(), episodes));
+                }
+                Step::Wait(d) => tokio::time::sleep(d.min(LOOK_EVERY)).await,
+                Step::Resume => {
+                    attempts.made += 1;
+                    let n = attempts.made;
+                    info!(migration = %job.id, attempt = n, "resuming post-copy");
+                    job.update(|s| {
+                        s.actions.push(format!("PostCopyResume(attempt {n})"));
+                        s.message = Some(recovering_message(req, &self.config.node, n, bound));
+                    });
+                    let before = job.status().progress.data_processed_bytes;
+                    let out = self.run_libvirt_job(job, req, Transfer::LiveResume).await;
+                    last_end = Some(Instant::now());
+                    match out {
+                        Ok(o) if o.phase == JobPhase::Completed => {
+                            return Ok(with_recoveries(o, started.elapsed(), episodes));
+                        }
+                        Ok(o) if o.reason == Some(POST_COPY_LINK_LOST) => {
+                            // A resume that moved data and then broke is a
+                            // new loss of the link, not a failed attempt.
+                            if job.status().progress.data_processed_bytes > before {
+                                episodes += 1;
+                            }
+                            job.update(|s| {
+                                s.phase = JobPhase::Running;
+                                s.progress.mode = TransferMode::PostCopyPaused;
+                            });
+                        }
+                        other => return other,
+                    }
+                }
+                Step::GiveUp => {
+                    return Ok(Outcome {
+                        message: Some(format!(
+                            "{}; the agent tried to resume it {} time(s) for {} s (postCopyRecoveryTimeoutSeconds) and gave up",
+                            split.message.clone().unwrap_or_default(),
+                            attempts.made,
+                            bound.as_secs()
+                        )),
+                        ..split
+                    });
+                }
+                Step::Lost => {
+                    return Ok(Outcome {
+                        phase: JobPhase::Failed,
+                        reason: Some(POST_COPY_LINK_LOST),
+                        message: Some(format!(
+                            "post-copy lost its link and the source's QEMU on {} ended before {} received all of the guest's memory: the guest cannot be completed; restart it from its disks",
+                            self.config.node, req.target_node
+                        )),
+                        result: None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// libvirt finishing a move it had lost track of leaves the source's
+    /// definition behind, shut off: the guest runs on the target (just
+    /// seen there), so the copy here is stale and starting it would put
+    /// two guests on one disk.
+    async fn drop_stale_source(&self, job: &Job) {
+        let (lv, vm) = (self.lv.clone(), job.vm.clone());
+        let dropped = blocking(move || match lv.domain(&vm)? {
+            Some(d) if d.state == DomainState::ShutOff => lv.undefine(&vm).map(|()| true),
+            Some(_) | None => Ok(false),
+        })
+        .await;
+        match dropped {
+            Ok(true) => job.update(|s| s.actions.push("UndefinedStaleSource".into())),
+            Ok(false) => {}
+            Err(e) => {
+                warn!(migration = %job.id, error = %crate::error::chain(&e), "could not remove the stale definition on the source")
+            }
+        }
+    }
+
+    /// Both halves as libvirt shows them now.
+    async fn halves(&self, job: &Job, req: &StartRequest) -> (SourceHalf, TargetHalf) {
+        let (lv, vm) = (self.lv.clone(), job.vm.clone());
+        let here = blocking(move || lv.standing(None, &vm)).await;
+        let (lv, vm, uri) = (
+            self.lv.clone(),
+            job.vm.clone(),
+            req.target.libvirt_uri.clone(),
+        );
+        let there = blocking(move || lv.standing(Some(&uri), &vm)).await;
+        (
+            source_half(here.map_err(drop)),
+            target_half(there.map_err(drop)),
+        )
+    }
+
+    /// The final figures of a job the target completed, from the target's
+    /// libvirt; `wall` stands in for the duration when they are gone.
+    pub(crate) async fn final_stats_from_target(
+        &self,
+        req: &StartRequest,
+        wall: Duration,
+    ) -> (FinalStats, &'static str) {
+        let lv = self.lv.clone();
+        let (uri, vm) = (req.target.libvirt_uri.clone(), req.vm.clone());
+        match blocking(move || lv.completed_stats_at(&uri, &vm)).await {
+            Ok(Some(s)) => (s, "FinalStats(from the target)"),
+            Ok(None) | Err(_) => (
+                FinalStats {
+                    elapsed: wall,
+                    ..Default::default()
+                },
+                "FinalStatsLost(downtime and bytes unknown)",
+            ),
+        }
+    }
+}
+
+fn recovering_message(req: &StartRequest, here: &str, attempts: u32, bound: Duration) -> String {
+    format!(
+        "post-copy lost its link to {}: the guest's memory is split between {here} and {}; resuming the move ({attempts} attempt(s) so far, for up to {} s)",
+        req.target_node,
+        req.target_node,
+        bound.as_secs()
+    )
+}
+
+fn completed(stats: FinalStats, wall: Duration, recoveries: u32) -> Outcome {
+    Outcome {
+        phase: JobPhase::Completed,
+        reason: None,
+        message: None,
+        result: Some(MigrationResult {
+            duration_ms: millis(wall),
+            downtime_ms: millis(stats.downtime),
+            data_transferred_bytes: stats.data_processed,
+            post_copy_recoveries: recoveries,
+        }),
+    }
+}
+
+/// The resumed job's outcome, as the whole move's: its duration from the
+/// first start, and the recoveries it took.
+fn with_recoveries(o: Outcome, wall: Duration, recoveries: u32) -> Outcome {
+    Outcome {
+        result: o.result.map(|r| MigrationResult {
+            duration_ms: millis(wall),
+            post_copy_recoveries: recoveries,
+            ..r
+        }),
+        ..o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn never() -> Attempts {
+        Attempts {
+            made: 0,
+            since_last: None,
+        }
+    }
+
+    fn after(made: u32, secs: u64) -> Attempts {
+        Attempts {
+            made,
+            since_last: Some(Duration::from_secs(secs)),
+        }
+    }
+
+    #[test]
+    fn each_view_of_the_split_leads_to_its_step() {
+        use SourceHalf as S;
+        use TargetHalf as T;
+        let (early, late, bound) = (
+            Duration::from_secs(5),
+            Duration::from_secs(400),
+            Duration::from_secs(300),
+        );
+        let cases = [
+            (
+                "QEMU finished by itself",
+                S::Gone,
+                T::Runs,
+                never(),
+                early,
+                Step::Finished,
+            ),
+            (
+                "finished, seen past the bound",
+                S::Gone,
+                T::Runs,
+                never(),
+                late,
+                Step::Finished,
+            ),
+            (
+                "source gone, target absent",
+                S::Gone,
+                T::Absent,
+                never(),
+                early,
+                Step::Lost,
+            ),
+            (
+                "source gone, target still in post-copy",
+                S::Gone,
+                T::InPostCopy,
+                never(),
+                early,
+                Step::Wait(LOOK_EVERY),
+            ),
+            (
+                "source gone, target in post-copy past the bound",
+                S::Gone,
+                T::InPostCopy,
+                never(),
+                late,
+                Step::Lost,
+            ),
+            (
+                "source gone, target unreachable",
+                S::Gone,
+                T::Unknown,
+                never(),
+                early,
+                Step::Wait(LOOK_EVERY),
+            ),
+            (
+                "split, first attempt at once",
+                S::Split,
+                T::InPostCopy,
+                never(),
+                early,
+                Step::Resume,
+            ),
+            (
+                "split, target unreachable: try anyway",
+                S::Split,
+                T::Unknown,
+                never(),
+                early,
+                Step::Resume,
+            ),
+            (
+                "split, backoff not over",
+                S::Split,
+                T::InPostCopy,
+                after(2, 1),
+                early,
+                Step::Wait(Duration::from_secs(3)),
+            ),
+            (
+                "split, backoff over",
+                S::Split,
+                T::InPostCopy,
+                after(2, 4),
+                early,
+                Step::Resume,
+            ),
+            (
+                "split past the bound",
+                S::Split,
+                T::InPostCopy,
+                after(9, 30),
+                late,
+                Step::GiveUp,
+            ),
+            (
+                "split, target lost its half",
+                S::Split,
+                T::Absent,
+                never(),
+                early,
+                Step::Lost,
+            ),
+            (
+                "split, target runs (libvirt here lags)",
+                S::Split,
+                T::Runs,
+                never(),
+                early,
+                Step::Resume,
+            ),
+            (
+                "a resume under way elsewhere",
+                S::Moving,
+                T::InPostCopy,
+                never(),
+                early,
+                Step::Wait(LOOK_EVERY),
+            ),
+            (
+                "a resume under way past the bound",
+                S::Moving,
+                T::InPostCopy,
+                never(),
+                late,
+                Step::GiveUp,
+            ),
+            (
+                "libvirt here restarting",
+                S::Unknown,
+                T::InPostCopy,
+                never(),
+                early,
+                Step::Wait(LOOK_EVERY),
+            ),
+            (
+                "libvirt here not caught up",
+                S::Other,
+                T::InPostCopy,
+                never(),
+                early,
+                Step::Wait(LOOK_EVERY),
+            ),
+            (
+                "libvirt here gone past the bound",
+                S::Unknown,
+                T::Unknown,
+                never(),
+                late,
+                Step::GiveUp,
+            ),
+        ];
+        for (name, s, t, a, elapsed, want) in cases {
+            assert_eq!(next_step(s, t, a, elapsed, bound), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_zero_bound_gives_up_at_once() {
+        let step = next_step(
+            SourceHalf::Split,
+            TargetHalf::InPostCopy,
+            never(),
+            Duration::ZERO,
+            Duration::ZERO,
+        );
+        assert_eq!(step, Step::GiveUp);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let waits: Vec<u64> = (0..7).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(waits, vec![1, 2, 4, 8, 15, 15, 15]);
+    }
+
+    #[test]
+    fn libvirt_states_map_to_halves() {
+        let st = |state, post_copy, job| {
+            Ok(Some(DomainStanding {
+                state,
+                post_copy,
+                job,
+            }))
+        };
+        use DomainState::*;
+        assert_eq!(source_half(Ok(None)), SourceHalf::Gone);
+        assert_eq!(
+            source_half(st(ShutOff, PostCopy::None, false)),
+            SourceHalf::Gone
+        );
+        assert_eq!(
+            source_half(st(Paused, PostCopy::Failed, false)),
+            SourceHalf::Split
+        );
+        assert_eq!(
+            source_half(st(Paused, PostCopy::Failed, true)),
+            SourceHalf::Split
+        );
+        assert_eq!(
+            source_half(st(Paused, PostCopy::Active, true)),
+            SourceHalf::Moving
+        );
+        assert_eq!(
+            source_half(st(Paused, PostCopy::Active, false)),
+            SourceHalf::Other
+        );
+        assert_eq!(source_half(Err(())), SourceHalf::Unknown);
+        assert_eq!(
+            target_half(st(Running, PostCopy::None, false)),
+            TargetHalf::Runs
+        );
+        assert_eq!(
+            target_half(st(Running, PostCopy::Failed, false)),
+            TargetHalf::InPostCopy
+        );
+        assert_eq!(
+            target_half(st(Running, PostCopy::Active, true)),
+            TargetHalf::InPostCopy
+        );
+        assert_eq!(
+            target_half(st(ShutOff, PostCopy::None, false)),
+            TargetHalf::Absent
+        );
+        assert_eq!(target_half(Ok(None)), TargetHalf::Absent);
+        assert_eq!(target_half(Err(())), TargetHalf::Unknown);
+    }
+}

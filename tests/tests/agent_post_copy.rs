@@ -1,0 +1,204 @@
+//! Post-copy recovery on the lab: a live migration whose post-copy phase
+//! loses its link is resumed (by the agent through libvirt, or by QEMU's
+//! own stream once the link returns) and ends with the guest running on the
+//! target in the same boot, defined only there; past the policy's bound it
+//! fails honestly, and the guest still ends on one node.
+
+use std::time::Duration;
+
+use kvmotion_api::agent::{JobPhase, JobStatus};
+use kvmotion_api::migration::TransferMode;
+use kvmotion_tests::agent::{Agents, Drive};
+use kvmotion_tests::lab::{Cut, Guest, GuestSpec, Shaped, exclusive, lab};
+
+/// Starts a move of `guest` that is switched to post-copy as soon as data
+/// flows; returns once the agent reports post-copy.
+async fn in_post_copy(agents: &Agents, guest: &Guest, id: &str, bound_s: u32) -> Drive {
+    let mut drive = Drive::new(id, guest, "node-a").held_back(30);
+    drive.tuning.post_copy = true;
+    drive.tuning.post_copy_recovery_timeout_seconds = bound_s;
+    let (code, body) = drive.start(agents).await;
+    assert_eq!(code, 200, "{body}");
+    drive.wait_for_data(agents, 8 << 20).await;
+    let path = format!("/v1/migrations/{}", drive.id);
+    let (code, body) = agents
+        .a
+        .as_controller("POST", &format!("{path}/force-complete"), None)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    until(agents, &drive, Duration::from_secs(30), "post-copy", |s| {
+        s.progress.mode == TransferMode::PostCopy
+    })
+    .await;
+    drive
+}
+
+/// Waits until the job's status satisfies `pred`; returns that status.
+async fn until(
+    agents: &Agents,
+    drive: &Drive,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&JobStatus) -> bool,
+) -> JobStatus {
+    let path = format!("/v1/migrations/{}", drive.id);
+    kvmotion_tests::eventually(within, what, || async {
+        let (_, s) = agents.a.as_controller("GET", &path, None).await;
+        let s: JobStatus = serde_json::from_value(s).ok()?;
+        pred(&s).then_some(s)
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", agents.a.log_text()))
+}
+
+/// The guest ran the move through: it beats on node-b in the boot it had
+/// on node-a, and only node-b has it, running and defined.
+async fn moved_whole(guest: &Guest, before: kvmotion_tests::lab::Beat) {
+    guest.beats_on("node-b", before).await;
+    assert_eq!(guest.state("node-b").as_deref(), Some("running"));
+    assert!(guest.defined_on("node-b"), "node-b keeps the definition");
+    assert_eq!(guest.state("node-a"), None, "node-a still has the guest");
+}
+
+#[tokio::test]
+async fn a_post_copy_whose_stream_broke_is_resumed_by_the_agent() {
+    let _lab = exclusive().await;
+    let agents = Agents::start(module_path!(), line!()).await;
+    let _slow = Shaped::at(80);
+    let guest = Guest::start("node-a", "pc-resume", &GuestSpec::hot()).await;
+    let before = guest.last_beat("node-a").expect("beating");
+    let drive = in_post_copy(&agents, &guest, "pc-resume-1", 300).await;
+
+    // What a broken stream does to post-copy, deterministically: QEMU
+    // pauses the migration on both sides, libvirt marks post-copy failed.
+    lab(&["virsh", "node-a", "domjobabort", "--postcopy", &guest.name]);
+    let (done, history) = drive.wait(&agents, Duration::from_secs(240)).await;
+
+    assert_eq!(done.phase, JobPhase::Completed, "{done:?}");
+    assert!(
+        history
+            .iter()
+            .any(|s| s.progress.mode == TransferMode::PostCopyPaused),
+        "the split was reported while it lasted: {history:?}"
+    );
+    assert!(
+        done.actions
+            .iter()
+            .any(|a| a.starts_with("PostCopyResume(attempt")),
+        "the agent resumed it: {:?}",
+        done.actions
+    );
+    let result = done.result.clone().expect("result");
+    assert_eq!(result.post_copy_recoveries, 1, "{result:?}");
+    assert_eq!(done.vm_node.as_deref(), Some("node-b"), "{done:?}");
+    moved_whole(&guest, before).await;
+}
+
+#[tokio::test]
+async fn a_link_cut_during_post_copy_and_restored_ends_with_the_guest_moved() {
+    let _lab = exclusive().await;
+    let agents = Agents::start(module_path!(), line!()).await;
+    let _slow = Shaped::at(40);
+    let guest = Guest::start("node-a", "pc-cut", &GuestSpec::hot()).await;
+    let before = guest.last_beat("node-a").expect("beating");
+    let drive = in_post_copy(&agents, &guest, "pc-cut-1", 300).await;
+
+    let cut = Cut::now();
+    // libvirt's keepalive between the daemons notices the dead link.
+    let split = until(
+        &agents,
+        &drive,
+        Duration::from_secs(120),
+        "the split reported",
+        |s| s.progress.mode == TransferMode::PostCopyPaused,
+    )
+    .await;
+    assert_eq!(
+        split.phase,
+        JobPhase::Running,
+        "recovery keeps the job: {split:?}"
+    );
+    assert!(
+        split
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("split between node-a and node-b")),
+        "{split:?}"
+    );
+    drop(cut);
+    let (done, _) = drive.wait(&agents, Duration::from_secs(300)).await;
+
+    assert_eq!(done.phase, JobPhase::Completed, "{done:?}");
+    let result = done.result.clone().expect("result");
+    assert!(result.post_copy_recoveries >= 1, "{result:?}");
+    assert_eq!(done.vm_node.as_deref(), Some("node-b"), "{done:?}");
+    moved_whole(&guest, before).await;
+}
+
+#[tokio::test]
+async fn a_post_copy_split_past_its_recovery_bound_fails_saying_where_the_guest_is() {
+    let _lab = exclusive().await;
+    let agents = Agents::start(module_path!(), line!()).await;
+    let _slow = Shaped::at(40);
+    let guest = Guest::start("node-a", "pc-bound", &GuestSpec::hot()).await;
+    let before = guest.last_beat("node-a").expect("beating");
+    let drive = in_post_copy(&agents, &guest, "pc-bound-1", 5).await;
+
+    let cut = Cut::now();
+    let (done, _) = drive.wait(&agents, Duration::from_secs(150)).await;
+
+    assert_eq!(done.phase, JobPhase::Failed, "{done:?}");
+    assert_eq!(done.reason.as_deref(), Some("PostCopyLinkLost"), "{done:?}");
+    assert_eq!(done.vm_node, None, "on neither node alone: {done:?}");
+    assert_eq!(done.progress.mode, TransferMode::PostCopyPaused);
+    let message = done.message.clone().unwrap_or_default();
+    for needed in [
+        "node-a",
+        "node-b",
+        "--postcopy-resume",
+        "gave up",
+        "never start or destroy",
+    ] {
+        assert!(message.contains(needed), "{needed:?} missing: {message}");
+    }
+    // As libvirt says: paused on the source, its other half on the target.
+    assert_eq!(guest.state("node-a").as_deref(), Some("paused"));
+    assert!(guest.state("node-b").is_some(), "the target's half is gone");
+
+    // Once the link is back the guest is not lost: QEMU's stream, or the
+    // command the message gives, finishes the move.
+    drop(cut);
+    kvmotion_tests::eventually(
+        Duration::from_secs(240),
+        "the guest to finish moving to node-b",
+        || async {
+            if guest.state("node-a").as_deref() == Some("paused") {
+                let _ = kvmotion_tests::lab::lab_try(&[
+                    "virsh",
+                    "node-a",
+                    "migrate",
+                    "--live",
+                    "--p2p",
+                    "--persistent",
+                    "--undefinesource",
+                    "--postcopy",
+                    "--postcopy-resume",
+                    &guest.name,
+                    "qemu+tcp://10.99.0.2/system",
+                ]);
+            }
+            (guest.state("node-b").as_deref() == Some("running")
+                && guest.state("node-a").as_deref() != Some("paused"))
+            .then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: node-a {:?}, node-b {:?}",
+            guest.state("node-a"),
+            guest.state("node-b")
+        )
+    });
+    guest.beats_on("node-b", before).await;
+}
