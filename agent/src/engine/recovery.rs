@@ -191,7 +191,7 @@ impl Engine {
             s.phase = JobPhase::Running;
             s.progress.mode = TransferMode::PostCopyPaused;
             s.message = Some(recovering_message(req, &self.config.node, 0, bound));
-            s.actions.push("PostCopyLinkLost".into());
+            s.actions.push(POST_COPY_LINK_LOST.into());
         });
         loop {
             attempts.since_last = last_end.map(|t| t.elapsed());
@@ -202,6 +202,7 @@ impl Engine {
                     info!(migration = %job.id, episodes, "post-copy finished by QEMU's own stream");
                     job.update(|s| s.actions.push("PostCopyFinishedByQemu".into()));
                     self.drop_stale_source(job).await;
+                    job.update(|s| s.progress.mode = TransferMode::PostCopy);
                     let (stats, note) = self.final_stats_from_target(req, started.elapsed()).await;
                     job.update(|s| s.actions.push(note.into()));
                     return Ok(completed(stats, started.elapsed(), episodes));

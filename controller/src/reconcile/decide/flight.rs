@@ -154,7 +154,14 @@ fn link_changed(status: &VirtualMachineMigrationStatus, job: &JobStatus) -> bool
 fn link_health(obs: &Observed, d: &mut Decision, job: &JobStatus, now: Timestamp) {
     let was = conditions::get(&d.status.conditions, C::LinkHealthy).map(|c| c.status.clone());
     let recoveries = job.result.as_ref().map_or(0, |r| r.post_copy_recoveries);
-    if job.progress.mode == TransferMode::PostCopyPaused {
+    // A split the agent resumed within a second may never be read while it
+    // lasts; the agent's action log keeps it.
+    let lost_before = job
+        .actions
+        .iter()
+        .any(|a| a == R::PostCopyLinkLost.as_str());
+    let running = matches!(job.phase, JobPhase::Starting | JobPhase::Running);
+    if running && job.progress.mode == TransferMode::PostCopyPaused {
         let m = job
             .message
             .clone()
@@ -167,11 +174,13 @@ fn link_health(obs: &Observed, d: &mut Decision, job: &JobStatus, now: Timestamp
             m,
             now,
         );
-    } else if was.as_deref() == Some("False") || recoveries > 0 {
+    } else if was.as_deref() == Some("False") || recoveries > 0 || lost_before {
         let m = if recoveries > 0 {
             format!("post-copy lost its link and the move recovered ({recoveries} time(s))")
+        } else if running {
+            "post-copy lost its link and flows again".to_string()
         } else {
-            "post-copy flows again".to_string()
+            "post-copy lost its link and the move ended".to_string()
         };
         d.condition(
             obs,

@@ -1112,6 +1112,17 @@ fn a_post_copy_that_lost_its_link_shows_link_healthy_false_then_true_once_recove
         "the link's return is mirrored at once"
     );
 
+    let mut unseen = with_mode(TransferMode::PostCopy, JobPhase::Running);
+    if let Reading::Job(Ok(j)) = &mut unseen.0.reading {
+        j.actions.push("PostCopyLinkLost".into());
+    }
+    let resumed_unseen = decide(&unseen.0, &Settings::default(), now());
+    assert_eq!(
+        link(&resumed_unseen),
+        Some(("True".into(), "PostCopyRecovered".into())),
+        "a split resumed before any read is still told"
+    );
+
     let done = decide(
         &with_mode(TransferMode::PostCopy, JobPhase::Completed).0,
         &Settings::default(),
@@ -1122,4 +1133,15 @@ fn a_post_copy_that_lost_its_link_shows_link_healthy_false_then_true_once_recove
         Some(("True".into(), "PostCopyRecovered".into()))
     );
     assert_eq!(done.status.result.map(|r| r.post_copy_recoveries), Some(1));
+
+    let ended_split = decide(
+        &with_mode(TransferMode::PostCopyPaused, JobPhase::Completed).0,
+        &Settings::default(),
+        now(),
+    );
+    assert_eq!(
+        link(&ended_split),
+        Some(("True".into(), "PostCopyRecovered".into())),
+        "a completed job's last mode is history, not a split"
+    );
 }
