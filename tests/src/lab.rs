@@ -367,6 +367,18 @@ impl Guest {
         ok && out.lines().any(|l| l.trim() == self.name)
     }
 
+    /// Waits until the guest runs on `node` in the boot of `before` (its
+    /// heartbeat advances there) and checks that it is defined there and
+    /// exists on no other node: a move that ended whole.
+    pub async fn moved_whole_to(&self, node: &str, before: Beat) {
+        self.beats_on(node, before).await;
+        assert_eq!(self.state(node).as_deref(), Some("running"));
+        assert!(self.defined_on(node), "{node} lacks the definition");
+        for other in NODES.iter().filter(|n| **n != node) {
+            assert_eq!(self.state(other), None, "{other} still has the domain");
+        }
+    }
+
     /// Waits until the guest's heartbeat advances on `node` past `after`
     /// without a reboot: the proof that it runs there.
     pub async fn beats_on(&self, node: &str, after: Beat) -> Beat {

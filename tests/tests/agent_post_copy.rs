@@ -51,15 +51,6 @@ async fn until(
     .unwrap_or_else(|e| panic!("{e}\n{}", agents.a.log_text()))
 }
 
-/// The guest ran the move through: it beats on node-b in the boot it had
-/// on node-a, and only node-b has it, running and defined.
-async fn moved_whole(guest: &Guest, before: kvmotion_tests::lab::Beat) {
-    guest.beats_on("node-b", before).await;
-    assert_eq!(guest.state("node-b").as_deref(), Some("running"));
-    assert!(guest.defined_on("node-b"), "node-b keeps the definition");
-    assert_eq!(guest.state("node-a"), None, "node-a still has the guest");
-}
-
 #[tokio::test]
 async fn a_post_copy_whose_stream_broke_is_resumed_by_the_agent() {
     let _lab = exclusive().await;
@@ -91,7 +82,7 @@ async fn a_post_copy_whose_stream_broke_is_resumed_by_the_agent() {
     let result = done.result.clone().expect("result");
     assert_eq!(result.post_copy_recoveries, 1, "{result:?}");
     assert_eq!(done.vm_node.as_deref(), Some("node-b"), "{done:?}");
-    moved_whole(&guest, before).await;
+    guest.moved_whole_to("node-b", before).await;
 }
 
 #[tokio::test]
@@ -132,7 +123,7 @@ async fn a_link_cut_during_post_copy_and_restored_ends_with_the_guest_moved() {
     let result = done.result.clone().expect("result");
     assert!(result.post_copy_recoveries >= 1, "{result:?}");
     assert_eq!(done.vm_node.as_deref(), Some("node-b"), "{done:?}");
-    moved_whole(&guest, before).await;
+    guest.moved_whole_to("node-b", before).await;
 }
 
 #[tokio::test]
