@@ -286,12 +286,17 @@ pub fn phases(status: &Value) -> Vec<String> {
 
 /// The condition of `type_` in a status: (status, reason, message).
 pub fn condition(status: &Value, type_: &str) -> (String, String, String) {
+    find_condition(status, type_).unwrap_or_else(|| panic!("no {type_} condition in {status:#}"))
+}
+
+/// Like `condition`, `None` while the status has no such condition.
+pub fn find_condition(status: &Value, type_: &str) -> Option<(String, String, String)> {
     let c = status["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
-        .unwrap_or_else(|| panic!("no {type_} condition in {status:#}"));
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?;
     let s = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-    (s("status"), s("reason"), s("message"))
+    Some((s("status"), s("reason"), s("message")))
 }
 
 fn tail(log: &str) -> String {

@@ -118,20 +118,31 @@ async fn a_source_agent_restarted_after_the_job_ended_reports_the_true_outcome()
     let (done, _) = drive.wait(&agents, Duration::from_secs(30)).await;
     assert_eq!(done.phase, JobPhase::Completed, "{done:?}");
     assert_eq!(done.vm_node.as_deref(), Some("node-b"), "{done:?}");
-    // The source's copy of the domain is gone with its statistics; the
-    // target's libvirt still has those of the job it completed.
+    // The source's copy of the domain is gone with its statistics. The
+    // target's libvirt may still have those of the job it completed (11.x
+    // keeps them; 12.9 keeps none once the client that started the job is
+    // gone): then they are reported, else their loss is said, never zeros
+    // passed off as figures.
     let result = done.result.clone().expect("result");
-    assert!(
-        result.duration_ms > 0 && result.downtime_ms > 0 && result.data_transferred_bytes > 8 << 20,
-        "{result:?}"
-    );
-    assert!(
-        done.actions
-            .iter()
-            .any(|a| a == "FinalStats(from the target)"),
-        "{:?}",
-        done.actions
-    );
+    assert!(result.duration_ms > 0, "{result:?}");
+    let from_target = done
+        .actions
+        .iter()
+        .any(|a| a == "FinalStats(from the target)");
+    if from_target {
+        assert!(
+            result.downtime_ms > 0 && result.data_transferred_bytes > 8 << 20,
+            "{result:?}"
+        );
+    } else {
+        assert!(
+            done.actions
+                .iter()
+                .any(|a| a.starts_with("FinalStatsLost") || a.starts_with("FinalStatsPartial")),
+            "neither figures nor their loss told: {:?}",
+            done.actions
+        );
+    }
     guest.beats_on("node-b", before).await;
 }
 

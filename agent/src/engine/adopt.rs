@@ -165,7 +165,9 @@ impl Engine {
         // The source's copy is gone with its statistics; the target keeps
         // those of the job it completed.
         let wall = Duration::from_millis(unix_ms().saturating_sub(record.started_unix_ms));
-        let (stats, note) = self.final_stats_from_target(&record.request, wall).await;
+        let (stats, note) = self
+            .final_stats_from_target(&record.request, &job.vm, wall)
+            .await;
         job.update(|s| s.actions.push(note.into()));
         Ok(Outcome {
             phase: JobPhase::Completed,

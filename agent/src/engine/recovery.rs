@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvmotion_api::agent::{JobPhase, StartRequest};
+use kvmotion_api::agent::{DomainRef, JobPhase, StartRequest};
 use kvmotion_api::hypervisor::DomainState;
 use kvmotion_api::migration::{MigrationResult, TransferMode};
 use tracing::{info, warn};
@@ -20,8 +20,16 @@ use super::{Engine, Job, millis};
 use crate::error::{Error, blocking};
 use crate::libvirt::{DomainStanding, FinalStats, PostCopy};
 
+/// The first libvirt release whose resume of a failed post-copy does not
+/// crash the target's daemon (11.2 and 11.3 do; NEWS for 11.4.0).
+pub const RESUME_SAFE_SINCE: u32 = 11_004_000;
+
 /// The longest wait between two resume attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(15);
+
+/// How often the target's final statistics are read before they are taken
+/// as they are.
+const STATS_TRIES: u32 = 4;
 
 /// How often the split is looked at between attempts.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -116,6 +124,20 @@ pub fn next_step(
     }
 }
 
+/// Whether libvirt on both nodes can resume a failed post-copy safely;
+/// `Err` names the daemon that cannot.
+pub fn resume_safe(source: (&str, u32), target: (&str, u32)) -> Result<(), String> {
+    for (node, v) in [source, target] {
+        if v < RESUME_SAFE_SINCE {
+            return Err(format!(
+                "libvirt {} on {node} crashes resuming a failed post-copy (11.4 or later can)",
+                crate::libvirt::xml::version_string(v)
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The source half from libvirt's standing of the domain here.
 pub fn source_half(here: Result<Option<DomainStanding>, ()>) -> SourceHalf {
     match here {
@@ -186,6 +208,8 @@ impl Engine {
             1u32,
         );
         let mut last_end: Option<Instant> = None;
+        // Known at the first attempt: the target may be unreachable before.
+        let mut safe: Option<Result<(), String>> = None;
         warn!(migration = %job.id, bound_s = bound.as_secs(), "post-copy lost its link; recovering");
         job.update(|s| {
             s.phase = JobPhase::Running;
@@ -203,12 +227,29 @@ impl Engine {
                     job.update(|s| s.actions.push("PostCopyFinishedByQemu".into()));
                     self.drop_stale_source(job).await;
                     job.update(|s| s.progress.mode = TransferMode::PostCopy);
-                    let (stats, note) = self.final_stats_from_target(req, started.elapsed()).await;
+                    let (stats, note) = self
+                        .final_stats_from_target(req, &job.vm, started.elapsed())
+                        .await;
                     job.update(|s| s.actions.push(note.into()));
                     return Ok(completed(stats, started.elapsed(), episodes));
                 }
                 Step::Wait(d) => tokio::time::sleep(d.min(LOOK_EVERY)).await,
                 Step::Resume => {
+                    if safe.is_none() {
+                        safe = self.resume_safety(req).await;
+                        if let Some(Err(why)) = &safe {
+                            warn!(migration = %job.id, why, "not resuming post-copy; waiting for QEMU's own stream");
+                            let note = format!("PostCopyResumeUnsafe({why})");
+                            job.update(|s| s.actions.push(note));
+                        }
+                    }
+                    if !matches!(safe, Some(Ok(()))) {
+                        // Unknown yet, or unsafe: only QEMU's own stream
+                        // can finish the move.
+                        last_end = Some(Instant::now());
+                        tokio::time::sleep(LOOK_EVERY).await;
+                        continue;
+                    }
                     attempts.made += 1;
                     let n = attempts.made;
                     info!(migration = %job.id, attempt = n, "resuming post-copy");
@@ -238,9 +279,13 @@ impl Engine {
                     }
                 }
                 Step::GiveUp => {
+                    let unsafe_note = match &safe {
+                        Some(Err(why)) => format!(" ({why})"),
+                        Some(Ok(())) | None => String::new(),
+                    };
                     return Ok(Outcome {
                         message: Some(format!(
-                            "{}; the agent tried to resume it {} time(s) for {} s (postCopyRecoveryTimeoutSeconds) and gave up",
+                            "{}; the agent tried to resume it {} time(s){unsafe_note} for {} s (postCopyRecoveryTimeoutSeconds) and gave up",
                             split.message.clone().unwrap_or_default(),
                             attempts.made,
                             bound.as_secs()
@@ -283,6 +328,19 @@ impl Engine {
         }
     }
 
+    /// Whether both daemons can resume safely; `None` while one cannot be
+    /// asked.
+    async fn resume_safety(&self, req: &StartRequest) -> Option<Result<(), String>> {
+        let lv = self.lv.clone();
+        let here = blocking(move || lv.daemon_version(None)).await.ok()?;
+        let (lv, uri) = (self.lv.clone(), req.target.libvirt_uri.clone());
+        let there = blocking(move || lv.daemon_version(Some(&uri))).await.ok()?;
+        Some(resume_safe(
+            (&self.config.node, here),
+            (&req.target_node, there),
+        ))
+    }
+
     /// Both halves as libvirt shows them now.
     async fn halves(&self, job: &Job, req: &StartRequest) -> (SourceHalf, TargetHalf) {
         let (lv, vm) = (self.lv.clone(), job.vm.clone());
@@ -304,13 +362,37 @@ impl Engine {
     pub(crate) async fn final_stats_from_target(
         &self,
         req: &StartRequest,
+        vm: &DomainRef,
         wall: Duration,
     ) -> (FinalStats, &'static str) {
-        let lv = self.lv.clone();
-        let (uri, vm) = (req.target.libvirt_uri.clone(), req.vm.clone());
-        match blocking(move || lv.completed_stats_at(&uri, &vm)).await {
-            Ok(Some(s)) => (s, "FinalStats(from the target)"),
-            Ok(None) | Err(_) => (
+        // The target may run the guest a moment before it has stored the
+        // move's statistics, or list them before their figures are in.
+        let mut last = None;
+        for _ in 0..STATS_TRIES {
+            let lv = self.lv.clone();
+            let (uri, vm) = (req.target.libvirt_uri.clone(), vm.clone());
+            match blocking(move || lv.completed_stats_at(&uri, &vm)).await {
+                Ok(Some(s)) if s.data_processed > 0 => {
+                    return (s, "FinalStats(from the target)");
+                }
+                Ok(Some(s)) => last = Some(s),
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(error = %e, "cannot read the final statistics from the target");
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        match last {
+            Some(s) => (
+                FinalStats {
+                    elapsed: if s.elapsed.is_zero() { wall } else { s.elapsed },
+                    ..s
+                },
+                "FinalStatsPartial(the target kept no byte count)",
+            ),
+            None => (
                 FinalStats {
                     elapsed: wall,
                     ..Default::default()
@@ -545,6 +627,15 @@ mod tests {
             Duration::ZERO,
         );
         assert_eq!(step, Step::GiveUp);
+    }
+
+    #[test]
+    fn resuming_needs_libvirt_11_4_on_both_nodes() {
+        assert_eq!(resume_safe(("a", 12_009_000), ("b", 11_004_000)), Ok(()));
+        let old = resume_safe(("a", 12_009_000), ("b", 11_003_000)).unwrap_err();
+        assert!(old.contains("libvirt 11.3.0 on b"), "{old}");
+        let old = resume_safe(("a", 11_002_000), ("b", 12_009_000)).unwrap_err();
+        assert!(old.contains("on a"), "{old}");
     }
 
     #[test]

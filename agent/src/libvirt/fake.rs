@@ -97,6 +97,9 @@ impl Libvirt for FakeLibvirt {
     fn post_copy_failed(&self, _: &DomainRef) -> Result<bool, LibvirtError> {
         Ok(false)
     }
+    fn daemon_version(&self, _: Option<&str>) -> Result<u32, LibvirtError> {
+        Ok(11_003_000)
+    }
     fn standing(
         &self,
         _: Option<&str>,

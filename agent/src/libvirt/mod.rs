@@ -181,6 +181,9 @@ pub trait Libvirt: Send + Sync + 'static {
     /// Whether the domain here is in one of libvirt's failed post-copy
     /// states (paused on the source, running on the target).
     fn post_copy_failed(&self, vm: &DomainRef) -> Result<bool, LibvirtError>;
+    /// The version of the libvirt daemon at `uri` (`None`: this node's),
+    /// as libvirt encodes it (major * 1,000,000 + minor * 1,000 + micro).
+    fn daemon_version(&self, uri: Option<&str>) -> Result<u32, LibvirtError>;
     /// The domain's standing on the daemon at `uri` (`None`: this node's);
     /// `None` when it does not exist there.
     fn standing(

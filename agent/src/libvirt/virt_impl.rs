@@ -93,6 +93,26 @@ impl VirtLibvirt {
         f(&conn)
     }
 
+    /// Runs `f` on the daemon at `uri` (another node's, over a connection
+    /// of its own, closed afterwards), or on this node's when `None`.
+    fn at<T>(
+        &self,
+        uri: Option<&str>,
+        f: impl FnOnce(&Connect) -> Result<T, LibvirtError>,
+    ) -> Result<T, LibvirtError> {
+        let Some(uri) = uri else {
+            return self.with_conn(f);
+        };
+        let conn = Connect::open(Some(uri)).map_err(|e| LibvirtError::Connect {
+            uri: uri.to_string(),
+            message: e.message().to_string(),
+        })?;
+        let r = f(&conn);
+        // Dropping the handle closes the connection.
+        drop(conn);
+        r
+    }
+
     fn lookup(&self, conn: &Connect, vm: &DomainRef) -> Result<Option<Domain>, LibvirtError> {
         let found = match (&vm.uuid, &vm.name) {
             (Some(uuid), _) => conn.lookup_domain_by_uuid_string(uuid),
@@ -376,16 +396,10 @@ impl Libvirt for VirtLibvirt {
         uri: &str,
         vm: &DomainRef,
     ) -> Result<Option<FinalStats>, LibvirtError> {
-        let conn = Connect::open(Some(uri)).map_err(|e| LibvirtError::Connect {
-            uri: uri.to_string(),
-            message: e.message().to_string(),
+        let stats = self.at(Some(uri), |conn| match self.lookup(conn, vm)? {
+            Some(dom) => raw_job_stats(&dom, sys::VIR_DOMAIN_JOB_STATS_COMPLETED),
+            None => Ok(None),
         })?;
-        let stats = match self.lookup(&conn, vm)? {
-            Some(dom) => raw_job_stats(&dom, sys::VIR_DOMAIN_JOB_STATS_COMPLETED)?,
-            None => None,
-        };
-        // Dropping the handle closes the connection.
-        drop(conn);
         Ok(stats.map(|s| events::final_stats(&s)))
     }
 
@@ -393,6 +407,12 @@ impl Libvirt for VirtLibvirt {
         self.with_conn(|conn| match self.lookup(conn, vm)? {
             Some(dom) => raw_state(&dom).map(|(s, r)| postcopy_failed(s, r)),
             None => Ok(false),
+        })
+    }
+
+    fn daemon_version(&self, uri: Option<&str>) -> Result<u32, LibvirtError> {
+        self.at(uri, |conn| {
+            conn.lib_version().map_err(call("virConnectGetLibVersion"))
         })
     }
 
@@ -424,18 +444,7 @@ impl Libvirt for VirtLibvirt {
                 job,
             }))
         };
-        match uri {
-            None => self.with_conn(read),
-            Some(uri) => {
-                let conn = Connect::open(Some(uri)).map_err(|e| LibvirtError::Connect {
-                    uri: uri.to_string(),
-                    message: e.message().to_string(),
-                })?;
-                let r = read(&conn);
-                drop(conn);
-                r
-            }
-        }
+        self.at(uri, read)
     }
 
     fn job_throttle(&self, vm: &DomainRef) -> Result<Option<u8>, LibvirtError> {
