@@ -2,7 +2,8 @@
 # Installs what the two-node libvirt lab needs from Debian: libvirt 11 and
 # QEMU 10 from bookworm-backports (bookworm's own are older), busybox for the
 # guest's initramfs, qemu-img, a compiler for the guest's heartbeat
-# program, and mmdebstrap for the hypervisors' root filesystem (rootfs.sh). Idempotent: does nothing when everything is present.
+# program, and mmdebstrap for the hypervisors' root filesystem (rootfs.sh).
+# Idempotent: does nothing when everything is present.
 set -euo pipefail
 [ "$(id -u)" = 0 ] || { echo "lab: install.sh must run as root" >&2; exit 1; }
 
