@@ -192,6 +192,7 @@ cmd_down() {
     pkill -9 -f "qemu-system.*$(node_dir "$node")" 2>/dev/null || true
   done
   pkill -9 -f "qemu-system.*kvmotion-lab" 2>/dev/null || true
+  pkill -9 -f "qemu-system.*kvmotion/lab/guest" 2>/dev/null || true
   net_down
   rm -rf "$LAB"
   log "down"
