@@ -31,6 +31,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(15);
 /// as they are.
 const STATS_TRIES: u32 = 4;
 
+/// How long after the split the first resume is asked for.
+const FIRST_RESUME_AFTER: Duration = Duration::from_secs(2);
+
 /// How often the split is looked at between attempts.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
@@ -113,10 +116,17 @@ pub fn next_step(
         (S::Split, _) if past => Step::GiveUp,
         (S::Split, T::Absent) => Step::Lost,
         (S::Split, T::Runs | T::InPostCopy | T::Unknown) => {
-            let due = backoff(attempts.made);
-            match attempts.since_last {
-                Some(t) if t < due => Step::Wait(due - t),
-                Some(_) | None => Step::Resume,
+            // The first attempt, too, waits a moment: the target's side
+            // reaches its failed state after the source's (a resume asked
+            // before it did hung on the lab).
+            let (since, due) = match attempts.since_last {
+                Some(t) => (t, backoff(attempts.made)),
+                None => (elapsed, FIRST_RESUME_AFTER),
+            };
+            if since < due {
+                Step::Wait(due - since)
+            } else {
+                Step::Resume
             }
         }
         (S::Moving | S::Other | S::Unknown, _) if past => Step::GiveUp,
