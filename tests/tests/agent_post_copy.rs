@@ -2,13 +2,14 @@
 //! loses its link is resumed (by the agent through libvirt, or by QEMU's
 //! own stream once the link returns) and ends with the guest running on the
 //! target in the same boot, defined only there; past the policy's bound it
-//! fails honestly, and the guest still ends on one node.
+//! fails honestly, and the guest still ends on one node. An agent restarted
+//! while the move is split takes the recovery up.
 
 use std::time::Duration;
 
 use kvmotion_api::agent::{JobPhase, JobStatus};
 use kvmotion_api::migration::TransferMode;
-use kvmotion_tests::agent::{Agents, Drive};
+use kvmotion_tests::agent::{AgentProcess, Agents, Drive};
 use kvmotion_tests::lab::{Cut, Guest, GuestSpec, Shaped, exclusive, lab};
 
 /// Starts a move of `guest` that is switched to post-copy as soon as data
@@ -192,4 +193,35 @@ async fn a_post_copy_split_past_its_recovery_bound_fails_saying_where_the_guest_
         )
     });
     guest.beats_on("node-b", before).await;
+}
+
+#[tokio::test]
+async fn a_post_copy_split_found_by_a_restarted_agent_is_resumed() {
+    let _lab = exclusive().await;
+    let mut agents = Agents::start(module_path!(), line!()).await;
+    let _slow = Shaped::at(80);
+    let guest = Guest::start("node-a", "pc-adopt", &GuestSpec::hot()).await;
+    let before = guest.last_beat("node-a").expect("beating");
+    let drive = in_post_copy(&agents, &guest, "pc-adopt-1", 300).await;
+
+    // The agent dies in post-copy (libvirt carries the job on), and the
+    // stream breaks while it is away: the restarted agent finds the split.
+    agents.a.kill().await;
+    lab(&["virsh", "node-a", "domjobabort", "--postcopy", &guest.name]);
+    assert_eq!(guest.state("node-a").as_deref(), Some("paused"));
+    agents.a = AgentProcess::restart("node-a", "pc-adopt", &[]).await;
+    let (done, _) = drive.wait(&agents, Duration::from_secs(240)).await;
+
+    assert_eq!(done.phase, JobPhase::Completed, "{done:?}");
+    for needed in ["Adopted", "PostCopyResume(attempt"] {
+        assert!(
+            done.actions.iter().any(|a| a.starts_with(needed)),
+            "{needed:?} missing: {:?}",
+            done.actions
+        );
+    }
+    let result = done.result.clone().expect("result");
+    assert_eq!(result.post_copy_recoveries, 1, "{result:?}");
+    assert_eq!(done.vm_node.as_deref(), Some("node-b"), "{done:?}");
+    guest.moved_whole_to("node-b", before).await;
 }

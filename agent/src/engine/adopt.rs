@@ -18,7 +18,7 @@ use super::state::{JobRecord, Kind};
 use super::target::Prepared;
 use super::{Engine, Job, millis};
 use crate::error::{Error, blocking, blocking_io};
-use crate::libvirt::{Libvirt, LibvirtError};
+use crate::libvirt::{Libvirt, LibvirtError, PostCopy};
 
 /// What [`Engine::adopt`] found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -53,13 +53,13 @@ impl Engine {
                 found.finished += 1;
                 continue;
             }
-            let lv = self.lv.clone();
-            let vm = record.vm.clone();
-            let running = blocking(move || lv.job(&vm)).await?.is_some();
             let (lv, vm) = (self.lv.clone(), record.vm.clone());
-            let split = !running
-                && record.how == Move::LiveRunning
-                && blocking(move || lv.post_copy_failed(&vm)).await?;
+            let here = blocking(move || lv.standing(None, &vm)).await?;
+            // libvirt keeps a failed post-copy's job, to be resumed: a split
+            // is recovered, not watched until a job that never ends does.
+            let split = record.how == Move::LiveRunning
+                && here.is_some_and(|d| d.post_copy == PostCopy::Failed);
+            let running = here.is_some_and(|d| d.job);
             let mut status = record.status.clone();
             status.actions.push("Adopted(agent restart)".into());
             let job = self.restore(&id, record.vm.clone(), status);
@@ -126,8 +126,6 @@ impl Engine {
         self.conclude(&job, record, outcome).await;
     }
 
-    /// How a job that ended while the agent was away came out, from where
-    /// the domain is now.
     /// Takes up the recovery of a post-copy found split at start.
     async fn resume_recovery(self: Arc<Self>, job: Arc<Job>, record: JobRecord) {
         let started = started_at(&record);
@@ -139,6 +137,8 @@ impl Engine {
         self.conclude(&job, record, outcome).await;
     }
 
+    /// How a job that ended while the agent was away came out, from where
+    /// the domain is now.
     async fn ended_meanwhile(&self, job: &Job, record: &JobRecord) -> Result<Outcome, Error> {
         self.restore_guest(job, record).await;
         let lv = self.lv.clone();
@@ -213,8 +213,6 @@ impl Engine {
     }
 }
 
-/// Resolves once libvirt runs no job on `vm`: Ok when the VM left (no
-/// guest here any more), an error when it still runs here.
 /// When the recorded job started, as an `Instant` of this process.
 fn started_at(record: &JobRecord) -> Instant {
     let ran_for = Duration::from_millis(unix_ms().saturating_sub(record.started_unix_ms));
@@ -223,27 +221,33 @@ fn started_at(record: &JobRecord) -> Instant {
         .unwrap_or_else(Instant::now)
 }
 
+/// Resolves once libvirt runs no job on `vm`: Ok when the VM left (no
+/// guest here any more), an error when it still runs here or post-copy
+/// lost its link.
 fn job_gone(lv: Arc<dyn Libvirt>, vm: DomainRef, poll: Duration) -> JobEnd {
     Box::pin(async move {
         loop {
             tokio::time::sleep(poll).await;
             let (lv2, vm2) = (lv.clone(), vm.clone());
-            let state = tokio::task::spawn_blocking(move || -> Result<_, LibvirtError> {
-                if lv2.job(&vm2)?.is_some() {
-                    return Ok(None);
+            let here = tokio::task::spawn_blocking(move || lv2.standing(None, &vm2))
+                .await
+                .map_err(|e| LibvirtError::Call {
+                    op: "the job watch",
+                    message: e.to_string(),
+                })?;
+            match here {
+                // The failed job stays until resumed: the split is the end.
+                Ok(Some(d)) if d.post_copy == PostCopy::Failed => {
+                    return Err(LibvirtError::Call {
+                        op: "virDomainMigrateToURI3",
+                        message: "post-copy lost its link while the agent watched an adopted job"
+                            .into(),
+                    });
                 }
-                Ok(Some(lv2.domain(&vm2)?))
-            })
-            .await
-            .map_err(|e| LibvirtError::Call {
-                op: "the job watch",
-                message: e.to_string(),
-            })?;
-            match state {
-                Ok(None) => continue,
-                Ok(Some(None)) => return Ok(()),
-                Ok(Some(Some(d))) if !d.state.has_guest() => return Ok(()),
-                Ok(Some(Some(_))) => {
+                Ok(Some(d)) if d.job => continue,
+                Ok(None) => return Ok(()),
+                Ok(Some(d)) if !d.state.has_guest() => return Ok(()),
+                Ok(Some(_)) => {
                     return Err(LibvirtError::Call {
                         op: "virDomainMigrateToURI3",
                         message: "libvirt's job ended and the VM still runs on the source (its error went to the agent run that started it)".into(),

@@ -37,6 +37,17 @@ const FIRST_RESUME_AFTER: Duration = Duration::from_secs(2);
 /// How often the split is looked at between attempts.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
 
+/// How long a resume may move no data before it is interrupted: one asked
+/// too early after the split hung inside libvirt on the lab.
+const RESUME_STALL: Duration = Duration::from_secs(30);
+
+/// Past the bound, how long a resume may move no data.
+const STALL_PAST_BOUND: Duration = Duration::from_secs(3);
+
+/// How long an interrupted resume has to return before it is left to
+/// libvirt.
+const ABANDON_AFTER: Duration = Duration::from_secs(10);
+
 /// The source's half, as libvirt shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceHalf {
@@ -134,6 +145,39 @@ pub fn next_step(
     }
 }
 
+/// What to do with a resume attempt whose call has not returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch {
+    /// Let it run.
+    Keep,
+    /// Interrupt it (`VIR_DOMAIN_ABORT_JOB_POSTCOPY`): it fails back into
+    /// the split, to be resumed again.
+    Interrupt,
+    /// Interrupted, and still not returned: leave the call to libvirt and
+    /// go on watching the halves.
+    Abandon,
+}
+
+/// The watch over a resume attempt: `stalled` since it last moved data
+/// (or began), `elapsed` into the recovery, `interrupted` since it was
+/// interrupted.
+pub fn watch_resume(
+    stalled: Duration,
+    elapsed: Duration,
+    bound: Duration,
+    interrupted: Option<Duration>,
+) -> Watch {
+    match interrupted {
+        Some(t) if t >= ABANDON_AFTER => Watch::Abandon,
+        Some(_) => Watch::Keep,
+        None if stalled >= RESUME_STALL => Watch::Interrupt,
+        // A resume that moves data is the recovery working: only a
+        // still one is cut short by the bound.
+        None if elapsed >= bound && stalled >= STALL_PAST_BOUND => Watch::Interrupt,
+        None => Watch::Keep,
+    }
+}
+
 /// Whether libvirt on both nodes can resume a failed post-copy safely;
 /// `Err` names the daemon that cannot.
 pub fn resume_safe(source: (&str, u32), target: (&str, u32)) -> Result<(), String> {
@@ -218,6 +262,8 @@ impl Engine {
             1u32,
         );
         let mut last_end: Option<Instant> = None;
+        // Resume calls that hung in libvirt and were left to it.
+        let mut hung = 0u32;
         // Known at the first attempt: the target may be unreachable before.
         let mut safe: Option<Result<(), String>> = None;
         warn!(migration = %job.id, bound_s = bound.as_secs(), "post-copy lost its link; recovering");
@@ -268,8 +314,19 @@ impl Engine {
                         s.message = Some(recovering_message(req, &self.config.node, n, bound));
                     });
                     let before = job.status().progress.data_processed_bytes;
-                    let out = self.run_libvirt_job(job, req, Transfer::LiveResume).await;
+                    let out = self.watched_resume(job, req, since, bound).await;
                     last_end = Some(Instant::now());
+                    let Some(out) = out else {
+                        // libvirt still holds the call: the next look
+                        // shows what it left (a job, a split, a move done).
+                        hung += 1;
+                        job.update(|s| {
+                            s.actions
+                                .push(format!("PostCopyResumeAbandoned(attempt {n})"));
+                            s.progress.mode = TransferMode::PostCopyPaused;
+                        });
+                        continue;
+                    };
                     match out {
                         Ok(o) if o.phase == JobPhase::Completed => {
                             return Ok(with_recoveries(o, started.elapsed(), episodes));
@@ -293,9 +350,13 @@ impl Engine {
                         Some(Err(why)) => format!(" ({why})"),
                         Some(Ok(())) | None => String::new(),
                     };
+                    let hung_note = match hung {
+                        0 => String::new(),
+                        n => format!(", {n} of them hung in libvirt and were left to it"),
+                    };
                     return Ok(Outcome {
                         message: Some(format!(
-                            "{}; the agent tried to resume it {} time(s){unsafe_note} for {} s (postCopyRecoveryTimeoutSeconds) and gave up",
+                            "{}; the agent tried to resume it {} time(s){hung_note}{unsafe_note} for {} s (postCopyRecoveryTimeoutSeconds) and gave up",
                             split.message.clone().unwrap_or_default(),
                             attempts.made,
                             bound.as_secs()
@@ -313,6 +374,62 @@ impl Engine {
                         )),
                         result: None,
                     });
+                }
+            }
+        }
+    }
+
+    /// One resume attempt under [`watch_resume`]; `None` when it hung and
+    /// was abandoned.
+    async fn watched_resume(
+        &self,
+        job: &Arc<Job>,
+        req: &StartRequest,
+        since: Instant,
+        bound: Duration,
+    ) -> Option<Result<Outcome, Error>> {
+        let attempt = self.run_libvirt_job(job, req, Transfer::LiveResume);
+        tokio::pin!(attempt);
+        let mut seen = job.status().progress.data_processed_bytes;
+        let mut moved_at = Instant::now();
+        let mut interrupted: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                out = &mut attempt => return Some(out),
+                () = tokio::time::sleep(LOOK_EVERY) => {}
+            }
+            let bytes = job.status().progress.data_processed_bytes;
+            if bytes != seen {
+                (seen, moved_at) = (bytes, Instant::now());
+            }
+            let watch = watch_resume(
+                moved_at.elapsed(),
+                since.elapsed(),
+                bound,
+                interrupted.map(|t| t.elapsed()),
+            );
+            match watch {
+                Watch::Keep => {}
+                Watch::Interrupt => {
+                    let still = moved_at.elapsed().as_secs();
+                    warn!(migration = %job.id, still_s = still, "a post-copy resume moves no data; interrupting it");
+                    interrupted = Some(Instant::now());
+                    let (lv, vm) = (self.lv.clone(), job.vm.clone());
+                    let asked = tokio::time::timeout(
+                        ABANDON_AFTER,
+                        blocking(move || lv.interrupt_post_copy(&vm)),
+                    )
+                    .await;
+                    let note = match asked {
+                        Ok(Ok(())) => format!("PostCopyResumeInterrupted(no data for {still} s)"),
+                        Ok(Err(e)) => format!("PostCopyResumeInterrupted(refused: {e})"),
+                        Err(_) => "PostCopyResumeInterrupted(the call hung)".to_string(),
+                    };
+                    job.update(|s| s.actions.push(note));
+                }
+                Watch::Abandon => {
+                    warn!(migration = %job.id, "an interrupted post-copy resume did not return; leaving it to libvirt");
+                    return None;
                 }
             }
         }
@@ -624,6 +741,40 @@ mod tests {
         ];
         for (name, s, t, a, elapsed, want) in cases {
             assert_eq!(next_step(s, t, a, elapsed, bound), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_resume_is_interrupted_only_when_it_moves_no_data() {
+        let s = Duration::from_secs;
+        let bound = s(300);
+        let cases = [
+            ("just begun", s(0), s(10), None, Watch::Keep),
+            ("still, briefly", s(29), s(60), None, Watch::Keep),
+            ("still too long", s(30), s(60), None, Watch::Interrupt),
+            ("moving past the bound", s(1), s(400), None, Watch::Keep),
+            ("still past the bound", s(3), s(400), None, Watch::Interrupt),
+            (
+                "interrupted, waiting",
+                s(40),
+                s(60),
+                Some(s(9)),
+                Watch::Keep,
+            ),
+            (
+                "interrupted, never returned",
+                s(40),
+                s(60),
+                Some(s(10)),
+                Watch::Abandon,
+            ),
+        ];
+        for (name, stalled, elapsed, interrupted, want) in cases {
+            assert_eq!(
+                watch_resume(stalled, elapsed, bound, interrupted),
+                want,
+                "{name}"
+            );
         }
     }
 

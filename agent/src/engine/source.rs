@@ -17,7 +17,7 @@ use super::convergence::{self, Action, Policy, Tracker};
 use super::state::{JobRecord, Kind};
 use super::{Engine, Job, millis, progress};
 use crate::error::{Error, blocking};
-use crate::libvirt::{FinalStats, LibvirtError, LibvirtEvent, MigrateCall};
+use crate::libvirt::{FinalStats, LibvirtError, LibvirtEvent, MigrateCall, PostCopy};
 
 /// The reason of a job whose post-copy phase lost its link.
 pub const POST_COPY_LINK_LOST: &str = "PostCopyLinkLost";
@@ -403,9 +403,9 @@ impl Engine {
                 let lv = self.lv.clone();
                 let vm2 = vm.clone();
                 if in_post_copy
-                    || blocking(move || lv.post_copy_failed(&vm2))
+                    || blocking(move || lv.standing(None, &vm2))
                         .await
-                        .unwrap_or(false)
+                        .is_ok_and(|d| d.is_some_and(|d| d.post_copy == PostCopy::Failed))
                 {
                     job.update(|s| s.progress.mode = TransferMode::PostCopyPaused);
                     return Ok(split(req, &self.config.node, &e.to_string()));

@@ -94,9 +94,6 @@ impl Libvirt for FakeLibvirt {
     ) -> Result<Option<FinalStats>, LibvirtError> {
         Ok(None)
     }
-    fn post_copy_failed(&self, _: &DomainRef) -> Result<bool, LibvirtError> {
-        Ok(false)
-    }
     fn daemon_version(&self, _: Option<&str>) -> Result<u32, LibvirtError> {
         Ok(11_003_000)
     }
@@ -115,6 +112,9 @@ impl Libvirt for FakeLibvirt {
         Ok(None)
     }
     fn abort_job(&self, _: &DomainRef) -> Result<(), LibvirtError> {
+        Ok(())
+    }
+    fn interrupt_post_copy(&self, _: &DomainRef) -> Result<(), LibvirtError> {
         Ok(())
     }
     fn set_max_downtime(&self, _: &DomainRef, _: Duration) -> Result<(), LibvirtError> {

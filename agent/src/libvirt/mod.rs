@@ -178,9 +178,6 @@ pub trait Libvirt: Send + Sync + 'static {
         uri: &str,
         vm: &DomainRef,
     ) -> Result<Option<FinalStats>, LibvirtError>;
-    /// Whether the domain here is in one of libvirt's failed post-copy
-    /// states (paused on the source, running on the target).
-    fn post_copy_failed(&self, vm: &DomainRef) -> Result<bool, LibvirtError>;
     /// The version of the libvirt daemon at `uri` (`None`: this node's),
     /// as libvirt encodes it (major * 1,000,000 + minor * 1,000 + micro).
     fn daemon_version(&self, uri: Option<&str>) -> Result<u32, LibvirtError>;
@@ -195,6 +192,9 @@ pub trait Libvirt: Send + Sync + 'static {
     fn job_throttle(&self, vm: &DomainRef) -> Result<Option<u8>, LibvirtError>;
     /// Aborts the running job.
     fn abort_job(&self, vm: &DomainRef) -> Result<(), LibvirtError>;
+    /// Interrupts a job in post-copy (`VIR_DOMAIN_ABORT_JOB_POSTCOPY`):
+    /// the migration fails into the resumable split instead of hanging.
+    fn interrupt_post_copy(&self, vm: &DomainRef) -> Result<(), LibvirtError>;
     /// Sets the largest downtime allowed at switch-over.
     fn set_max_downtime(&self, vm: &DomainRef, downtime: Duration) -> Result<(), LibvirtError>;
     /// Switches the running job to post-copy.

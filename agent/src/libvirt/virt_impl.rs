@@ -403,13 +403,6 @@ impl Libvirt for VirtLibvirt {
         Ok(stats.map(|s| events::final_stats(&s)))
     }
 
-    fn post_copy_failed(&self, vm: &DomainRef) -> Result<bool, LibvirtError> {
-        self.with_conn(|conn| match self.lookup(conn, vm)? {
-            Some(dom) => raw_state(&dom).map(|(s, r)| postcopy_failed(s, r)),
-            None => Ok(false),
-        })
-    }
-
     fn daemon_version(&self, uri: Option<&str>) -> Result<u32, LibvirtError> {
         self.at(uri, |conn| {
             conn.lib_version().map_err(call("virConnectGetLibVersion"))
@@ -464,6 +457,17 @@ impl Libvirt for VirtLibvirt {
             // SAFETY: `dom` is a live domain handle.
             let r = unsafe { sys::virDomainAbortJob(dom.as_ptr()) };
             check(r, "virDomainAbortJob")
+        })
+    }
+
+    fn interrupt_post_copy(&self, vm: &DomainRef) -> Result<(), LibvirtError> {
+        self.with_conn(|conn| {
+            let dom = self.require(conn, vm)?;
+            // SAFETY: `dom` is a live domain handle.
+            let r = unsafe {
+                sys::virDomainAbortJobFlags(dom.as_ptr(), sys::VIR_DOMAIN_ABORT_JOB_POSTCOPY)
+            };
+            check(r, "virDomainAbortJobFlags")
         })
     }
 

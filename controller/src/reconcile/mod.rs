@@ -284,10 +284,9 @@ async fn drive(obj: &DynamicObject, ctx: &Arc<Context>, deleting: bool) -> Resul
     };
     let decision = match decision.effect.clone() {
         Some(effect) => {
-            // A side effect is decided from fresh state only: a cache that
-            // lags behind a write could start a job again or act on a
-            // migration that already ended.
-            fresh(ctx, &obs).await?;
+            if effect.needs_fresh_state() {
+                fresh(ctx, &obs).await?;
+            }
             let outcome = agents::act(&ctx.agents, &obs.uid, &effect).await;
             debug!(migration = %obs.name, ?effect, ?outcome, "agent call");
             decide::outcome::apply(

@@ -147,6 +147,21 @@ pub enum Effect {
     },
 }
 
+impl Effect {
+    /// Whether the effect may only be decided from the stored object, not
+    /// a cached copy of it. Start can begin a job again that already ran,
+    /// and Settle cleans the target and stops jobs: from a cache lagging
+    /// behind a write, either could act on a move that has moved on.
+    /// Force-complete and Finish repeat harmlessly (the agents treat both
+    /// as done once done), so they skip the extra read.
+    pub fn needs_fresh_state(&self) -> bool {
+        match self {
+            Effect::Start { .. } | Effect::Settle { .. } => true,
+            Effect::ForceComplete { .. } | Effect::Finish { .. } => false,
+        }
+    }
+}
+
 /// What an effect achieved.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
