@@ -99,12 +99,15 @@ async fn a_source_agent_restarted_after_the_job_ended_reports_the_true_outcome()
     let guest = Guest::start("node-a", "restart-ended", &GuestSpec::default()).await;
     let before = guest.last_beat("node-a").expect("beating");
 
-    // Capped so that it runs for seconds, yet converges on its own.
+    // Capped so that it runs for seconds, yet converges on its own. The
+    // guest's memory is mostly zero pages, which cost nothing to send: at
+    // 30 MiB/s the whole move took 2 s, sometimes ending before 8 MiB
+    // were seen.
     let mut drive = Drive::new("restart-ended-1", &guest, "node-a");
-    drive.tuning.bandwidth_mibps = 30;
+    drive.tuning.bandwidth_mibps = 8;
     let (code, body) = drive.start(&agents).await;
     assert_eq!(code, 200, "{body}");
-    drive.wait_for_data(&agents, 8 << 20).await;
+    drive.wait_for_data(&agents, 1 << 20).await;
     // libvirt's job runs on in libvirtd and ends while the agent is away.
     agents.a.kill().await;
     kvmotion_tests::eventually(Duration::from_secs(60), "the guest to arrive", || async {
