@@ -138,7 +138,7 @@ pub enum ConditionReason {
 
 impl ConditionReason {
     /// The reason as written in status; also a static metric label.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             ConditionReason::Accepted => "Accepted",
             ConditionReason::InvalidSpec => "InvalidSpec",

@@ -9,16 +9,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kvmotion_api::agent::{DomainRef, JobPhase};
-use kvmotion_api::migration::MigrationResult;
 use kvmotion_api::movable::Move;
 use tracing::{info, warn};
 
-use super::source::{JobEnd, Outcome, Transfer, unix_ms};
+use super::source::{JobEnd, Outcome, Transfer, completed, unix_ms};
 use super::state::{JobRecord, Kind};
 use super::target::Prepared;
-use super::{Engine, Job, millis};
+use super::{Engine, Job};
 use crate::error::{Error, blocking, blocking_io};
-use crate::libvirt::{Libvirt, LibvirtError, PostCopy};
+use crate::libvirt::{Libvirt, LibvirtError};
 
 /// What [`Engine::adopt`] found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -55,10 +54,9 @@ impl Engine {
             }
             let (lv, vm) = (self.lv.clone(), record.vm.clone());
             let here = blocking(move || lv.standing(None, &vm)).await?;
-            // libvirt keeps a failed post-copy's job, to be resumed: a split
-            // is recovered, not watched until a job that never ends does.
-            let split = record.how == Move::LiveRunning
-                && here.is_some_and(|d| d.post_copy == PostCopy::Failed);
+            // A split is recovered, not watched until its job ends: it
+            // never does by itself.
+            let split = record.how == Move::LiveRunning && here.is_some_and(|d| d.split());
             let running = here.is_some_and(|d| d.job);
             let mut status = record.status.clone();
             status.actions.push("Adopted(agent restart)".into());
@@ -164,22 +162,12 @@ impl Engine {
         }
         // The source's copy is gone with its statistics; the target keeps
         // those of the job it completed.
-        let wall = Duration::from_millis(unix_ms().saturating_sub(record.started_unix_ms));
+        let wall = ran_for(record);
         let (stats, note) = self
             .final_stats_from_target(&record.request, &job.vm, wall)
             .await;
         job.update(|s| s.actions.push(note.into()));
-        Ok(Outcome {
-            phase: JobPhase::Completed,
-            reason: None,
-            message: None,
-            result: Some(MigrationResult {
-                duration_ms: millis(stats.elapsed),
-                downtime_ms: millis(stats.downtime),
-                data_transferred_bytes: stats.data_processed,
-                post_copy_recoveries: 0,
-            }),
-        })
+        Ok(completed(stats, stats.elapsed, 0))
     }
 
     /// Never leaves a guest stopped: one the agents paused for an offline
@@ -191,10 +179,10 @@ impl Engine {
         let lv = self.lv.clone();
         let vm = job.vm.clone();
         let resumed = blocking(move || {
-            let paused = lv
-                .domain(&vm)?
-                .is_some_and(|d| d.state == kvmotion_api::hypervisor::DomainState::Paused);
-            if paused && lv.job(&vm)?.is_none() {
+            let idle_paused = lv.standing(None, &vm)?.is_some_and(|d| {
+                d.state == kvmotion_api::hypervisor::DomainState::Paused && !d.job
+            });
+            if idle_paused {
                 lv.resume(&vm)?;
                 return Ok(true);
             }
@@ -215,10 +203,14 @@ impl Engine {
 
 /// When the recorded job started, as an `Instant` of this process.
 fn started_at(record: &JobRecord) -> Instant {
-    let ran_for = Duration::from_millis(unix_ms().saturating_sub(record.started_unix_ms));
     Instant::now()
-        .checked_sub(ran_for)
+        .checked_sub(ran_for(record))
         .unwrap_or_else(Instant::now)
+}
+
+/// How long ago the recorded job started.
+fn ran_for(record: &JobRecord) -> Duration {
+    Duration::from_millis(unix_ms().saturating_sub(record.started_unix_ms))
 }
 
 /// Resolves once libvirt runs no job on `vm`: Ok when the VM left (no
@@ -237,7 +229,7 @@ fn job_gone(lv: Arc<dyn Libvirt>, vm: DomainRef, poll: Duration) -> JobEnd {
                 })?;
             match here {
                 // The failed job stays until resumed: the split is the end.
-                Ok(Some(d)) if d.post_copy == PostCopy::Failed => {
+                Ok(Some(d)) if d.split() => {
                     return Err(LibvirtError::Call {
                         op: "virDomainMigrateToURI3",
                         message: "post-copy lost its link while the agent watched an adopted job"

@@ -15,7 +15,7 @@ use kvmotion_api::hypervisor::DomainState;
 use kvmotion_api::migration::{MigrationResult, TransferMode};
 use tracing::{info, warn};
 
-use super::source::{Outcome, POST_COPY_LINK_LOST, Transfer};
+use super::source::{Outcome, POST_COPY_LINK_LOST, Transfer, completed};
 use super::{Engine, Job, millis};
 use crate::error::{Error, blocking};
 use crate::libvirt::{DomainStanding, FinalStats, PostCopy};
@@ -198,8 +198,7 @@ pub fn source_half(here: Result<Option<DomainStanding>, ()>) -> SourceHalf {
         Err(()) => SourceHalf::Unknown,
         Ok(None) => SourceHalf::Gone,
         Ok(Some(d)) if d.state == DomainState::ShutOff => SourceHalf::Gone,
-        // libvirt keeps the failed job around, to be resumed: failed wins.
-        Ok(Some(d)) if d.post_copy == PostCopy::Failed => SourceHalf::Split,
+        Ok(Some(d)) if d.split() => SourceHalf::Split,
         Ok(Some(d)) if d.job => SourceHalf::Moving,
         Ok(Some(_)) => SourceHalf::Other,
     }
@@ -514,7 +513,7 @@ impl Engine {
         match last {
             Some(s) => (
                 FinalStats {
-                    elapsed: if s.elapsed.is_zero() { wall } else { s.elapsed },
+                    elapsed: s.elapsed_or(wall),
                     ..s
                 },
                 "FinalStatsPartial(the target kept no byte count)",
@@ -537,20 +536,6 @@ fn recovering_message(req: &StartRequest, here: &str, attempts: u32, bound: Dura
         req.target_node,
         bound.as_secs()
     )
-}
-
-fn completed(stats: FinalStats, wall: Duration, recoveries: u32) -> Outcome {
-    Outcome {
-        phase: JobPhase::Completed,
-        reason: None,
-        message: None,
-        result: Some(MigrationResult {
-            duration_ms: millis(wall),
-            downtime_ms: millis(stats.downtime),
-            data_transferred_bytes: stats.data_processed,
-            post_copy_recoveries: recoveries,
-        }),
-    }
 }
 
 /// The resumed job's outcome, as the whole move's: its duration from the

@@ -17,10 +17,11 @@ use super::convergence::{self, Action, Policy, Tracker};
 use super::state::{JobRecord, Kind};
 use super::{Engine, Job, millis, progress};
 use crate::error::{Error, blocking};
-use crate::libvirt::{FinalStats, LibvirtError, LibvirtEvent, MigrateCall, PostCopy};
+use crate::libvirt::{FinalStats, LibvirtError, LibvirtEvent, MigrateCall};
 
-/// The reason of a job whose post-copy phase lost its link.
-pub const POST_COPY_LINK_LOST: &str = "PostCopyLinkLost";
+/// The reason of a job whose post-copy phase lost its link: the
+/// controller's condition reason, so that the two cannot drift apart.
+pub const POST_COPY_LINK_LOST: &str = kvmotion_api::ConditionReason::PostCopyLinkLost.as_str();
 
 /// How long the end of a job waits for libvirt to say where the VM is.
 const LOCATE_WITHIN: Duration = Duration::from_secs(90);
@@ -371,25 +372,8 @@ impl Engine {
                     final_stats =
                         wait_for_completion(&mut events, &uuid, Duration::from_secs(2)).await;
                 }
-                let stats = final_stats.unwrap_or(FinalStats {
-                    elapsed: wall,
-                    ..Default::default()
-                });
-                Ok(Outcome {
-                    phase: JobPhase::Completed,
-                    reason: None,
-                    message: None,
-                    result: Some(MigrationResult {
-                        duration_ms: millis(if stats.elapsed.is_zero() {
-                            wall
-                        } else {
-                            stats.elapsed
-                        }),
-                        downtime_ms: millis(stats.downtime),
-                        data_transferred_bytes: stats.data_processed,
-                        post_copy_recoveries: 0,
-                    }),
-                })
+                let stats = final_stats.unwrap_or_default();
+                Ok(completed(stats, stats.elapsed_or(wall), 0))
             }
             Err(e) => {
                 if we_paused {
@@ -405,7 +389,7 @@ impl Engine {
                 if in_post_copy
                     || blocking(move || lv.standing(None, &vm2))
                         .await
-                        .is_ok_and(|d| d.is_some_and(|d| d.post_copy == PostCopy::Failed))
+                        .is_ok_and(|d| d.is_some_and(|d| d.split()))
                 {
                     job.update(|s| s.progress.mode = TransferMode::PostCopyPaused);
                     return Ok(split(req, &self.config.node, &e.to_string()));
@@ -495,6 +479,22 @@ fn reconcile_tuning(t: &mut ResolvedTuning, how: Move) -> Option<&'static str> {
         return Some("PostCopyOff(parallel connections)");
     }
     None
+}
+
+/// A completed job's outcome: its figures, `duration` long, after
+/// `recoveries` post-copy recoveries.
+pub(crate) fn completed(stats: FinalStats, duration: Duration, recoveries: u32) -> Outcome {
+    Outcome {
+        phase: JobPhase::Completed,
+        reason: None,
+        message: None,
+        result: Some(MigrationResult {
+            duration_ms: millis(duration),
+            downtime_ms: millis(stats.downtime),
+            data_transferred_bytes: stats.data_processed,
+            post_copy_recoveries: recoveries,
+        }),
+    }
 }
 
 /// The outcome of a post-copy that lost its link, `detail` saying how:

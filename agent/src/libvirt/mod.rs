@@ -108,6 +108,14 @@ pub struct DomainStanding {
     pub job: bool,
 }
 
+impl DomainStanding {
+    /// Whether this is the source's half of a post-copy that lost its link:
+    /// libvirt keeps the failed job (so `job` may be true) until a resume.
+    pub fn split(&self) -> bool {
+        self.state != DomainState::ShutOff && self.post_copy == PostCopy::Failed
+    }
+}
+
 /// Final figures of a finished job, from libvirt's job-completed event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FinalStats {
@@ -119,6 +127,17 @@ pub struct FinalStats {
     pub data_processed: u64,
     /// Memory passes.
     pub memory_iteration: u64,
+}
+
+impl FinalStats {
+    /// The job's duration, or `wall` when libvirt kept none.
+    pub fn elapsed_or(&self, wall: Duration) -> Duration {
+        if self.elapsed.is_zero() {
+            wall
+        } else {
+            self.elapsed
+        }
+    }
 }
 
 /// Errors of talking to libvirt.

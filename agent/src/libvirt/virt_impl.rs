@@ -362,15 +362,11 @@ impl Libvirt for VirtLibvirt {
             let Some(dom) = self.lookup(conn, vm)? else {
                 return Ok(None);
             };
-            // libvirt refuses job statistics of an inactive domain; it has
-            // no job to report.
-            if !dom.is_active().unwrap_or(false) {
-                return Ok(None);
-            }
-            let Some(s) = raw_job_stats(&dom, 0)? else {
+            let Some(s) = current_job(&dom)? else {
                 return Ok(None);
             };
             let (state, reason) = raw_state(&dom)?;
+            let pc = post_copy_of(state, reason);
             let page = s.mem_page_size.unwrap_or(4096);
             Ok(Some(JobSample {
                 data_total: s.data_total.unwrap_or(0),
@@ -383,10 +379,9 @@ impl Libvirt for VirtLibvirt {
                     .unwrap_or(0)
                     .saturating_add(s.disk_bps.unwrap_or(0)),
                 memory_total: s.mem_total.unwrap_or(0),
-                post_copy: state == sys::VIR_DOMAIN_PAUSED
-                    && reason == sys::VIR_DOMAIN_PAUSED_POSTCOPY as c_int,
+                post_copy: state == sys::VIR_DOMAIN_PAUSED && pc == PostCopy::Active,
                 paused: state == sys::VIR_DOMAIN_PAUSED,
-                post_copy_failed: postcopy_failed(state, reason),
+                post_copy_failed: pc == PostCopy::Failed,
             }))
         })
     }
@@ -419,22 +414,10 @@ impl Libvirt for VirtLibvirt {
                 return Ok(None);
             };
             let (state, reason) = raw_state(&dom)?;
-            let active = (state == sys::VIR_DOMAIN_PAUSED
-                && reason == sys::VIR_DOMAIN_PAUSED_POSTCOPY as c_int)
-                || (state == sys::VIR_DOMAIN_RUNNING
-                    && reason == sys::VIR_DOMAIN_RUNNING_POSTCOPY as c_int);
-            let post_copy = if postcopy_failed(state, reason) {
-                PostCopy::Failed
-            } else if active {
-                PostCopy::Active
-            } else {
-                PostCopy::None
-            };
-            let job = dom.is_active().unwrap_or(false) && raw_job_stats(&dom, 0)?.is_some();
             Ok(Some(DomainStanding {
                 state: state_of(state),
-                post_copy,
-                job,
+                post_copy: post_copy_of(state, reason),
+                job: current_job(&dom)?.is_some(),
             }))
         };
         self.at(uri, read)
@@ -445,7 +428,7 @@ impl Libvirt for VirtLibvirt {
             let Some(dom) = self.lookup(conn, vm)? else {
                 return Ok(None);
             };
-            Ok(raw_job_stats(&dom, 0)?
+            Ok(current_job(&dom)?
                 .and_then(|s| s.auto_converge_throttle)
                 .map(|t| t.clamp(0, 100) as u8))
         })
@@ -522,10 +505,35 @@ impl Libvirt for VirtLibvirt {
 
 /// libvirt's states of a post-copy migration that lost its link: paused on
 /// the source, running (vCPUs waiting for pages) on the target.
-fn postcopy_failed(state: sys::virDomainState, reason: c_int) -> bool {
-    (state == sys::VIR_DOMAIN_PAUSED && reason == sys::VIR_DOMAIN_PAUSED_POSTCOPY_FAILED as c_int)
-        || (state == sys::VIR_DOMAIN_RUNNING
-            && reason == sys::VIR_DOMAIN_RUNNING_POSTCOPY_FAILED as c_int)
+/// The post-copy standing a state reason gives: paused on the source,
+/// running on the target.
+fn post_copy_of(state: sys::virDomainState, reason: c_int) -> PostCopy {
+    let is = |s: sys::virDomainState, r: u32| state == s && reason == r as c_int;
+    if is(
+        sys::VIR_DOMAIN_PAUSED,
+        sys::VIR_DOMAIN_PAUSED_POSTCOPY_FAILED,
+    ) || is(
+        sys::VIR_DOMAIN_RUNNING,
+        sys::VIR_DOMAIN_RUNNING_POSTCOPY_FAILED,
+    ) {
+        PostCopy::Failed
+    } else if is(sys::VIR_DOMAIN_PAUSED, sys::VIR_DOMAIN_PAUSED_POSTCOPY)
+        || is(sys::VIR_DOMAIN_RUNNING, sys::VIR_DOMAIN_RUNNING_POSTCOPY)
+    {
+        PostCopy::Active
+    } else {
+        PostCopy::None
+    }
+}
+
+/// The statistics of the job libvirt runs on `dom`; `None` when it runs
+/// none. libvirt refuses job statistics of an inactive domain: it has no
+/// job to report.
+fn current_job(dom: &Domain) -> Result<Option<virt::domain::JobStats>, LibvirtError> {
+    if !dom.is_active().unwrap_or(false) {
+        return Ok(None);
+    }
+    raw_job_stats(dom, 0)
 }
 
 /// The domain's state and reason as libvirt's raw numbers (the wrapper's
