@@ -12,7 +12,7 @@
 #
 # Usage: lab.sh up | down | status | exec NODE CMD... | virsh NODE ARGS... |
 #        cut | restore | shape MBIT | unshape | kill-libvirtd NODE |
-#        start-libvirtd NODE | guest-dir
+#        start-libvirtd NODE | qemu-pid NODE NAME | guest-dir
 # `shape` caps the migration link at MBIT megabits/s each way (tc tbf), so
 # a move lasts long enough to cut it mid-phase; `unshape` lifts the cap.
 set -euo pipefail
@@ -221,6 +221,13 @@ case "${1:-}" in
   unshape) for node in "${NODES[@]}"; do ip netns exec "$node" tc qdisc del dev mig0 root 2>/dev/null || true; done ;;
   kill-libvirtd) shift; check_node "${1:-}"; kill_libvirtd "$1" ;;
   start-libvirtd) shift; check_node "${1:-}"; start_libvirtd "$1" ;;
+  # The pid of the QEMU that runs guest NAME on NODE (both nodes' QEMUs of
+  # one guest carry the same name; the network namespace tells them apart).
+  qemu-pid) shift; check_node "${1:-}"; [[ -n "${2:-}" ]] || die "qemu-pid needs NODE NAME"
+    for p in $(ip netns pids "$1"); do
+      tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -- "guest=$2," && { echo "$p"; exit 0; }
+    done
+    die "no QEMU of $2 on $1" ;;
   guest-dir) cat "$LAB/guest-dir" ;;
   *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -225,3 +225,75 @@ async fn a_post_copy_split_found_by_a_restarted_agent_is_resumed() {
     assert_eq!(done.vm_node.as_deref(), Some("node-b"), "{done:?}");
     guest.moved_whole_to("node-b", before).await;
 }
+
+/// Sends `signal` to the QEMU of `guest` on `node`.
+fn signal_qemu(node: &str, guest: &Guest, signal: &str) {
+    let pid = lab(&["qemu-pid", node, &guest.name]);
+    let status = std::process::Command::new("kill")
+        .args([signal, pid.trim()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+/// A guest's QEMU on one node stopped (SIGSTOP) until dropped, so that a
+/// failing test still leaves it to be cleaned up.
+struct Stopped<'a>(&'a str, &'a Guest);
+
+impl<'a> Stopped<'a> {
+    fn now(node: &'a str, guest: &'a Guest) -> Stopped<'a> {
+        signal_qemu(node, guest, "-STOP");
+        Stopped(node, guest)
+    }
+}
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        signal_qemu(self.0, self.1, "-CONT");
+    }
+}
+
+#[tokio::test]
+async fn a_split_whose_target_qemu_hangs_is_reported_and_recovered_once_it_answers() {
+    let _lab = exclusive().await;
+    let agents = Agents::start(module_path!(), line!()).await;
+    let _slow = Shaped::at(80);
+    let guest = Guest::start("node-a", "pc-hang", &GuestSpec::hot()).await;
+    let before = guest.last_beat("node-a").expect("beating");
+    let drive = in_post_copy(&agents, &guest, "pc-hang-1", 300).await;
+
+    // A target QEMU that answers nothing (a hung process or host) makes
+    // libvirt wait: the call of the broken move does not return.
+    let stopped = Stopped::now("node-b", &guest);
+    lab(&["virsh", "node-a", "domjobabort", "--postcopy", &guest.name]);
+    let watched = until(
+        &agents,
+        &drive,
+        Duration::from_secs(90),
+        "the split reported while libvirt's call hangs",
+        |s| {
+            s.actions
+                .iter()
+                .any(|a| a.starts_with("MigrationCallAbandoned"))
+                && s.actions
+                    .iter()
+                    .any(|a| a.starts_with("PostCopyResume(attempt"))
+        },
+    )
+    .await;
+    assert_eq!(watched.phase, JobPhase::Running, "{watched:?}");
+    assert_eq!(watched.progress.mode, TransferMode::PostCopyPaused);
+    assert!(
+        watched
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("split between node-a and node-b")),
+        "{watched:?}"
+    );
+    drop(stopped);
+    let (done, _) = drive.wait(&agents, Duration::from_secs(240)).await;
+
+    assert_eq!(done.phase, JobPhase::Completed, "{done:?}");
+    assert_eq!(done.vm_node.as_deref(), Some("node-b"), "{done:?}");
+    guest.moved_whole_to("node-b", before).await;
+}

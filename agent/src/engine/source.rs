@@ -26,6 +26,10 @@ pub const POST_COPY_LINK_LOST: &str = kvmotion_api::ConditionReason::PostCopyLin
 /// How long the end of a job waits for libvirt to say where the VM is.
 const LOCATE_WITHIN: Duration = Duration::from_secs(90);
 
+/// How long libvirt's call may go on once it shows post-copy failed
+/// before the monitor takes the split as the job's end.
+const SPLIT_CALL_GRACE: Duration = Duration::from_secs(10);
+
 /// The end of a libvirt job, as the monitor waits for it.
 pub(crate) type JobEnd =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), LibvirtError>> + Send>>;
@@ -285,6 +289,8 @@ impl Engine {
         // Once switched to post-copy, a failed call is a post-copy failure,
         // whatever state libvirt shows at the instant it is asked.
         let mut in_post_copy = false;
+        // Since when libvirt shows post-copy failed while its call goes on.
+        let mut failed_since: Option<Instant> = None;
         let result = loop {
             tokio::select! {
                 r = &mut migration => break r,
@@ -311,6 +317,27 @@ impl Engine {
                 continue;
             };
             in_post_copy |= sample.post_copy || sample.post_copy_failed;
+            if !sample.post_copy_failed {
+                failed_since = None;
+            } else if transfer != Transfer::LiveResume
+                && failed_since.get_or_insert_with(Instant::now).elapsed() >= SPLIT_CALL_GRACE
+            {
+                // libvirt waits on a target that does not answer (its QEMU
+                // hung): the split is what it is, and recovery needs no
+                // answer from this call. A resume has its own watch.
+                warn!(migration = %job.id, "post-copy failed and libvirt's call does not return; leaving it to libvirt");
+                job.update(|s| {
+                    s.actions
+                        .push("MigrationCallAbandoned(post-copy failed)".into())
+                });
+                break Err(LibvirtError::Call {
+                    op: "virDomainMigrateToURI3",
+                    message: format!(
+                        "post-copy failed and the call had not returned {} s later",
+                        SPLIT_CALL_GRACE.as_secs()
+                    ),
+                });
+            }
             if sample.data_total == 0 && sample.data_processed == 0 {
                 continue;
             }
