@@ -6,7 +6,7 @@ CP := tests/control-plane
 
 .PHONY: help deps build crds crds-check manifests chart-lint lint unit test demo demo-down integration \
         bench-agent bench control-plane-build control-plane-up control-plane-down lab-up \
-        lab-down clean
+        lab-down clean images
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-22s %s\n", $$1, $$2}'
@@ -16,6 +16,9 @@ deps: ## Install system packages the build and the lab need (Debian, root)
 
 build: deps ## Build every crate and binary
 	$(CARGO) build --workspace --all-targets
+
+images: deps ## Build the controller and agent OCI images into target/images/ (no registry; root)
+	tests/images/build.sh
 
 crds: ## Regenerate crds/*.yaml from the Rust types in api/ (and the chart's copies)
 	$(CARGO) run --quiet -p kvmotion-api --bin crdgen -- crds
