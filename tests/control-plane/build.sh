@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kubectl, etcd and helm at the pinned versions from
+# Builds kube-apiserver, kube-scheduler, kube-controller-manager, kubelet,
+# kubectl, etcd and helm at the pinned versions from
 # upstream Go modules, into a cache outside the clone. A tool whose cached
 # binary exists is not rebuilt. Usage: build.sh [kubernetes|etcd|helm ...]
 set -euo pipefail
@@ -15,8 +16,10 @@ finish() { # finish <scratch-dir> <dest-dir>
 }
 
 build_kubernetes() {
-  [ -x "$KUBE_BIN/kube-apiserver" ] && [ -x "$KUBE_BIN/kubectl" ] && return 0
-  log "building kube-apiserver and kubectl v$K8S_VERSION (takes a while, cached afterwards)"
+  local b missing=()
+  for b in "${KUBE_TOOLS[@]}"; do [ -x "$KUBE_BIN/$b" ] || missing+=("$b"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "building ${missing[*]} v$K8S_VERSION (takes a while, cached afterwards)"
   local work out minor modfile
   work=$(mktemp -d); out="$work/out"; mkdir -p "$out"
   minor=$(cut -d. -f2 <<<"$K8S_VERSION")
@@ -32,9 +35,14 @@ build_kubernetes() {
   local vpkg=k8s.io/component-base/version
   local ldflags="-s -w -X $vpkg.gitVersion=v$K8S_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:00:00Z"
   ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=v$K8S_VERSION -X k8s.io/client-go/pkg/version.gitMajor=1 -X k8s.io/client-go/pkg/version.gitMinor=$minor"
-  (cd "$work" && go build -trimpath -ldflags "$ldflags" -o "$out/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver)
-  (cd "$work" && go build -trimpath -ldflags "$ldflags" -o "$out/kubectl" k8s.io/kubernetes/cmd/kubectl)
-  finish "$out" "$KUBE_BIN"; rm -rf "$work"
+  mkdir -p "$KUBE_BIN"
+  for b in "${missing[@]}"; do
+    (cd "$work" && go build -trimpath -ldflags "$ldflags" -o "$out/$b" "k8s.io/kubernetes/cmd/$b")
+    # Renamed into place from the same directory: a cached binary is
+    # always a whole one, whatever interrupts the build.
+    cp "$out/$b" "$KUBE_BIN/.$b.tmp" && mv "$KUBE_BIN/.$b.tmp" "$KUBE_BIN/$b"
+  done
+  rm -rf "$work"
 }
 
 build_etcd() {

@@ -7,6 +7,9 @@ REPO_ROOT=$(cd "$CP_DIR/../.." && pwd)
 . "$CP_DIR/versions.env"
 KVMOTION_CACHE=${KVMOTION_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kvmotion}
 KUBE_BIN=$KVMOTION_CACHE/bin/kubernetes-v$K8S_VERSION
+# What build.sh builds from k8s.io/kubernetes: the control plane, a kubelet
+# for each lab node, and the client.
+KUBE_TOOLS=(kube-apiserver kube-scheduler kube-controller-manager kubelet kubectl)
 ETCD_BIN=$KVMOTION_CACHE/bin/etcd-v$ETCD_VERSION
 HELM_BIN=$KVMOTION_CACHE/bin/helm-v$HELM_VERSION
 # State of a running control plane: certificates, etcd data, logs, kubeconfig.

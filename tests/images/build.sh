@@ -65,7 +65,8 @@ for name in "${names[@]}"; do
     --build-arg "VERSION=$version" --build-arg "COMMIT=$commit" \
     -f "$root/$name/Containerfile" -t "$ref" "$ctx" >/dev/null
   archive="$out/$image-$tag.tar"
-  rm -f "$archive"
+  # One archive per image: the one of this tree.
+  rm -f "$out/$image"-*.tar
   bah push --quiet "$ref" "oci-archive:$archive:$ref"
   # Sizes: what a registry stores (compressed layers) and what a node
   # unpacks (the layers' contents).
