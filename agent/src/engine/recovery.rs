@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kvmotion_api::agent::{DomainRef, JobPhase, StartRequest};
+use kvmotion_api::agent::{DomainRef, JobPhase, JobStatus, StartRequest};
 use kvmotion_api::hypervisor::DomainState;
 use kvmotion_api::migration::{MigrationResult, TransferMode};
 use tracing::{info, warn};
@@ -267,8 +267,7 @@ impl Engine {
         let mut safe: Option<Result<(), String>> = None;
         warn!(migration = %job.id, bound_s = bound.as_secs(), "post-copy lost its link; recovering");
         job.update(|s| {
-            s.phase = JobPhase::Running;
-            s.progress.mode = TransferMode::PostCopyPaused;
+            split_again(s);
             s.message = Some(recovering_message(req, &self.config.node, 0, bound));
             s.actions.push(POST_COPY_LINK_LOST.into());
         });
@@ -322,7 +321,7 @@ impl Engine {
                         job.update(|s| {
                             s.actions
                                 .push(format!("PostCopyResumeAbandoned(attempt {n})"));
-                            s.progress.mode = TransferMode::PostCopyPaused;
+                            split_again(s);
                         });
                         continue;
                     };
@@ -336,10 +335,7 @@ impl Engine {
                             if job.status().progress.data_processed_bytes > before {
                                 episodes += 1;
                             }
-                            job.update(|s| {
-                                s.phase = JobPhase::Running;
-                                s.progress.mode = TransferMode::PostCopyPaused;
-                            });
+                            job.update(split_again);
                         }
                         other => return other,
                     }
@@ -527,6 +523,13 @@ impl Engine {
             ),
         }
     }
+}
+
+/// The job as a recovery shows it between attempts: still running, its
+/// memory split between the nodes.
+fn split_again(s: &mut JobStatus) {
+    s.phase = JobPhase::Running;
+    s.progress.mode = TransferMode::PostCopyPaused;
 }
 
 fn recovering_message(req: &StartRequest, here: &str, attempts: u32, bound: Duration) -> String {
