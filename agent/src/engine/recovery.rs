@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use kvmotion_api::agent::{DomainRef, JobPhase, JobStatus, StartRequest};
 use kvmotion_api::hypervisor::DomainState;
 use kvmotion_api::migration::{MigrationResult, TransferMode};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::source::{Outcome, POST_COPY_LINK_LOST, Transfer, completed};
 use super::{Engine, Job, millis};
@@ -33,6 +33,10 @@ const STATS_TRIES: u32 = 4;
 
 /// How long after the split the first resume is asked for.
 const FIRST_RESUME_AFTER: Duration = Duration::from_secs(2);
+
+/// How long the target must have shown its half failed before it is
+/// asked to resume.
+const TARGET_SETTLE: Duration = Duration::from_secs(5);
 
 /// How often the split is looked at between attempts.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -69,8 +73,11 @@ pub enum SourceHalf {
 pub enum TargetHalf {
     /// Runs the guest, no longer in post-copy: the move finished.
     Runs,
-    /// Still in post-copy (failed, or waiting for QEMU's stream).
-    InPostCopy,
+    /// Still in post-copy, not failed: the stream still runs, or the
+    /// target's QEMU has not noticed it broke (a hung QEMU never does).
+    PostCopyActive,
+    /// Post-copy failed here too: the target waits to be resumed.
+    PostCopyFailed,
     /// No such domain there.
     Absent,
     /// The target's libvirt cannot be reached (the link is still down).
@@ -99,6 +106,9 @@ pub struct Attempts {
     pub made: u32,
     /// Time since the last attempt ended; `None` before the first.
     pub since_last: Option<Duration>,
+    /// How long the target has shown its half failed (zero while it does
+    /// not).
+    pub target_failed_for: Duration,
 }
 
 /// The wait before resume attempt `n + 1` after `n` failed ones: 1 s,
@@ -122,11 +132,17 @@ pub fn next_step(
         (S::Gone, T::Runs) => Step::Finished,
         (S::Gone, T::Absent) => Step::Lost,
         // The target may not have noticed the end of the stream yet.
-        (S::Gone, T::InPostCopy | T::Unknown) if past => Step::Lost,
-        (S::Gone, T::InPostCopy | T::Unknown) => Step::Wait(LOOK_EVERY),
+        (S::Gone, T::PostCopyActive | T::PostCopyFailed | T::Unknown) if past => Step::Lost,
+        (S::Gone, T::PostCopyActive | T::PostCopyFailed | T::Unknown) => Step::Wait(LOOK_EVERY),
         (S::Split, _) if past => Step::GiveUp,
         (S::Split, T::Absent) => Step::Lost,
-        (S::Split, T::Runs | T::InPostCopy | T::Unknown) => {
+        // A resume asked of a target that has not failed its half hangs in
+        // libvirt past any abort (seen on the lab with the target's QEMU
+        // stopped, and just after it woke): only a failed or unreachable
+        // target is asked. One that runs has finished the move, and the
+        // source's libvirt lags.
+        (S::Split, T::Runs | T::PostCopyActive) => Step::Wait(LOOK_EVERY),
+        (S::Split, T::PostCopyFailed | T::Unknown) => {
             // The first attempt, too, waits a moment: the target's side
             // reaches its failed state after the source's (a resume asked
             // before it did hung on the lab).
@@ -134,10 +150,18 @@ pub fn next_step(
                 Some(t) => (t, backoff(attempts.made)),
                 None => (elapsed, FIRST_RESUME_AFTER),
             };
-            if since < due {
-                Step::Wait(due - since)
-            } else {
+            // libvirt there may mark the failure (told by the source)
+            // before its QEMU has paused the incoming stream; a resume
+            // asked in between hung on the lab.
+            let settle = match target {
+                T::PostCopyFailed => TARGET_SETTLE.saturating_sub(attempts.target_failed_for),
+                T::Unknown | T::Runs | T::PostCopyActive | T::Absent => Duration::ZERO,
+            };
+            let wait = due.saturating_sub(since).max(settle);
+            if wait.is_zero() {
                 Step::Resume
+            } else {
+                Step::Wait(wait)
             }
         }
         (S::Moving | S::Other | S::Unknown, _) if past => Step::GiveUp,
@@ -213,7 +237,8 @@ pub fn target_half(there: Result<Option<DomainStanding>, ()>) -> TargetHalf {
             (DomainState::Running | DomainState::Blocked | DomainState::Paused, PostCopy::None) => {
                 TargetHalf::Runs
             }
-            (_, PostCopy::Active | PostCopy::Failed) => TargetHalf::InPostCopy,
+            (_, PostCopy::Active) => TargetHalf::PostCopyActive,
+            (_, PostCopy::Failed) => TargetHalf::PostCopyFailed,
             (
                 DomainState::ShutOff
                 | DomainState::ShuttingDown
@@ -257,10 +282,13 @@ impl Engine {
             Attempts {
                 made: 0,
                 since_last: None,
+                target_failed_for: Duration::ZERO,
             },
             1u32,
         );
+        let mut target_failed_at: Option<Instant> = None;
         let mut last_end: Option<Instant> = None;
+        let mut seen = None;
         // Resume calls that hung in libvirt and were left to it.
         let mut hung = 0u32;
         // Known at the first attempt: the target may be unreachable before.
@@ -274,7 +302,19 @@ impl Engine {
         loop {
             attempts.since_last = last_end.map(|t| t.elapsed());
             let (source, target) = self.halves(job, req).await;
+            target_failed_at = match target {
+                TargetHalf::PostCopyFailed => target_failed_at.or(Some(Instant::now())),
+                TargetHalf::Runs
+                | TargetHalf::PostCopyActive
+                | TargetHalf::Absent
+                | TargetHalf::Unknown => None,
+            };
+            attempts.target_failed_for = target_failed_at.map_or(Duration::ZERO, |t| t.elapsed());
             let step = next_step(source, target, attempts, since.elapsed(), bound);
+            if seen != Some((source, target)) {
+                debug!(migration = %job.id, ?source, ?target, ?step, "the split's halves");
+                seen = Some((source, target));
+            }
             match step {
                 Step::Finished => {
                     info!(migration = %job.id, episodes, "post-copy finished by QEMU's own stream");
@@ -473,6 +513,9 @@ impl Engine {
             req.target.libvirt_uri.clone(),
         );
         let there = blocking(move || lv.standing(Some(&uri), &vm)).await;
+        if let Err(e) = &there {
+            debug!(migration = %job.id, error = ?e, "the target's half cannot be read");
+        }
         (
             source_half(here.map_err(drop)),
             target_half(there.map_err(drop)),
@@ -558,10 +601,12 @@ fn with_recoveries(o: Outcome, wall: Duration, recoveries: u32) -> Outcome {
 mod tests {
     use super::*;
 
+    /// No attempt yet; the target long failed, when it shows so.
     fn never() -> Attempts {
         Attempts {
             made: 0,
             since_last: None,
+            target_failed_for: Duration::from_secs(60),
         }
     }
 
@@ -569,7 +614,13 @@ mod tests {
         Attempts {
             made,
             since_last: Some(Duration::from_secs(secs)),
+            target_failed_for: Duration::from_secs(60),
         }
+    }
+
+    fn target_failed_since(mut a: Attempts, secs: u64) -> Attempts {
+        a.target_failed_for = Duration::from_secs(secs);
+        a
     }
 
     #[test]
@@ -609,7 +660,7 @@ mod tests {
             (
                 "source gone, target still in post-copy",
                 S::Gone,
-                T::InPostCopy,
+                T::PostCopyActive,
                 never(),
                 early,
                 Step::Wait(LOOK_EVERY),
@@ -617,7 +668,7 @@ mod tests {
             (
                 "source gone, target in post-copy past the bound",
                 S::Gone,
-                T::InPostCopy,
+                T::PostCopyFailed,
                 never(),
                 late,
                 Step::Lost,
@@ -633,7 +684,7 @@ mod tests {
             (
                 "split, first attempt at once",
                 S::Split,
-                T::InPostCopy,
+                T::PostCopyFailed,
                 never(),
                 early,
                 Step::Resume,
@@ -647,9 +698,49 @@ mod tests {
                 Step::Resume,
             ),
             (
+                "split, the target failed its half a moment ago",
+                S::Split,
+                T::PostCopyFailed,
+                target_failed_since(never(), 1),
+                early,
+                Step::Wait(Duration::from_secs(4)),
+            ),
+            (
+                "split, the target failed its half long enough ago",
+                S::Split,
+                T::PostCopyFailed,
+                target_failed_since(after(1, 2), 5),
+                early,
+                Step::Resume,
+            ),
+            (
+                "split, unreachable target: no settling to wait for",
+                S::Split,
+                T::Unknown,
+                target_failed_since(never(), 0),
+                early,
+                Step::Resume,
+            ),
+            (
+                "split, the target has not failed its half yet",
+                S::Split,
+                T::PostCopyActive,
+                never(),
+                early,
+                Step::Wait(LOOK_EVERY),
+            ),
+            (
+                "split, the target not failed, after attempts",
+                S::Split,
+                T::PostCopyActive,
+                after(2, 30),
+                early,
+                Step::Wait(LOOK_EVERY),
+            ),
+            (
                 "split, backoff not over",
                 S::Split,
-                T::InPostCopy,
+                T::PostCopyFailed,
                 after(2, 1),
                 early,
                 Step::Wait(Duration::from_secs(3)),
@@ -657,7 +748,7 @@ mod tests {
             (
                 "split, backoff over",
                 S::Split,
-                T::InPostCopy,
+                T::PostCopyFailed,
                 after(2, 4),
                 early,
                 Step::Resume,
@@ -665,7 +756,7 @@ mod tests {
             (
                 "split past the bound",
                 S::Split,
-                T::InPostCopy,
+                T::PostCopyActive,
                 after(9, 30),
                 late,
                 Step::GiveUp,
@@ -684,12 +775,12 @@ mod tests {
                 T::Runs,
                 never(),
                 early,
-                Step::Resume,
+                Step::Wait(LOOK_EVERY),
             ),
             (
                 "a resume under way elsewhere",
                 S::Moving,
-                T::InPostCopy,
+                T::PostCopyActive,
                 never(),
                 early,
                 Step::Wait(LOOK_EVERY),
@@ -697,7 +788,7 @@ mod tests {
             (
                 "a resume under way past the bound",
                 S::Moving,
-                T::InPostCopy,
+                T::PostCopyActive,
                 never(),
                 late,
                 Step::GiveUp,
@@ -705,7 +796,7 @@ mod tests {
             (
                 "libvirt here restarting",
                 S::Unknown,
-                T::InPostCopy,
+                T::PostCopyFailed,
                 never(),
                 early,
                 Step::Wait(LOOK_EVERY),
@@ -713,7 +804,7 @@ mod tests {
             (
                 "libvirt here not caught up",
                 S::Other,
-                T::InPostCopy,
+                T::PostCopyActive,
                 never(),
                 early,
                 Step::Wait(LOOK_EVERY),
@@ -770,7 +861,7 @@ mod tests {
     fn a_zero_bound_gives_up_at_once() {
         let step = next_step(
             SourceHalf::Split,
-            TargetHalf::InPostCopy,
+            TargetHalf::PostCopyFailed,
             never(),
             Duration::ZERO,
             Duration::ZERO,
@@ -831,11 +922,11 @@ mod tests {
         );
         assert_eq!(
             target_half(st(Running, PostCopy::Failed, false)),
-            TargetHalf::InPostCopy
+            TargetHalf::PostCopyFailed
         );
         assert_eq!(
             target_half(st(Running, PostCopy::Active, true)),
-            TargetHalf::InPostCopy
+            TargetHalf::PostCopyActive
         );
         assert_eq!(
             target_half(st(ShutOff, PostCopy::None, false)),

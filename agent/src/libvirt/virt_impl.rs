@@ -392,7 +392,7 @@ impl Libvirt for VirtLibvirt {
         vm: &DomainRef,
     ) -> Result<Option<FinalStats>, LibvirtError> {
         let stats = self.at(Some(uri), |conn| match self.lookup(conn, vm)? {
-            Some(dom) => raw_job_stats(&dom, sys::VIR_DOMAIN_JOB_STATS_COMPLETED),
+            Some(dom) => Ok(raw_job_stats(&dom, sys::VIR_DOMAIN_JOB_STATS_COMPLETED)?),
             None => Ok(None),
         })?;
         Ok(stats.map(|s| events::final_stats(&s)))
@@ -417,7 +417,7 @@ impl Libvirt for VirtLibvirt {
             Ok(Some(DomainStanding {
                 state: state_of(state),
                 post_copy: post_copy_of(state, reason),
-                job: current_job(&dom)?.is_some(),
+                job: job_runs(&dom)?,
             }))
         };
         self.at(uri, read)
@@ -533,7 +533,42 @@ fn current_job(dom: &Domain) -> Result<Option<virt::domain::JobStats>, LibvirtEr
     if !dom.is_active().unwrap_or(false) {
         return Ok(None);
     }
-    raw_job_stats(dom, 0)
+    Ok(raw_job_stats(dom, 0)?)
+}
+
+/// Whether libvirt runs a job on `dom`. On the destination of a
+/// migration libvirt refuses the job's statistics ("available only on the
+/// source host"): that refusal says a job runs.
+fn job_runs(dom: &Domain) -> Result<bool, LibvirtError> {
+    if !dom.is_active().unwrap_or(false) {
+        return Ok(false);
+    }
+    match raw_job_stats(dom, 0) {
+        Ok(job) => Ok(job.is_some()),
+        Err(JobStatsError::Incoming) => Ok(true),
+        Err(JobStatsError::Libvirt(e)) => Err(e),
+    }
+}
+
+/// Why job statistics could not be read.
+enum JobStatsError {
+    /// The domain is a migration's destination: its job's figures are kept
+    /// on the source.
+    Incoming,
+    /// Any other failure.
+    Libvirt(LibvirtError),
+}
+
+impl From<JobStatsError> for LibvirtError {
+    fn from(e: JobStatsError) -> LibvirtError {
+        match e {
+            JobStatsError::Incoming => LibvirtError::Call {
+                op: "virDomainGetJobStats",
+                message: "migration statistics are available only on the source host".into(),
+            },
+            JobStatsError::Libvirt(e) => e,
+        }
+    }
 }
 
 /// The domain's state and reason as libvirt's raw numbers (the wrapper's
@@ -568,7 +603,10 @@ fn check(r: c_int, op: &'static str) -> Result<(), LibvirtError> {
 /// from a NULL pointer when no job runs and frees libvirt's memory with
 /// Rust's allocator. Here the parameters are copied, converted (strings are
 /// copied, not freed) and then freed by libvirt.
-fn raw_job_stats(dom: &Domain, flags: u32) -> Result<Option<virt::domain::JobStats>, LibvirtError> {
+fn raw_job_stats(
+    dom: &Domain,
+    flags: u32,
+) -> Result<Option<virt::domain::JobStats>, JobStatsError> {
     let mut kind: c_int = 0;
     let mut params: sys::virTypedParameterPtr = std::ptr::null_mut();
     let mut nparams: c_int = 0;
@@ -576,7 +614,18 @@ fn raw_job_stats(dom: &Domain, flags: u32) -> Result<Option<virt::domain::JobSta
     let r = unsafe {
         sys::virDomainGetJobStats(dom.as_ptr(), &mut kind, &mut params, &mut nparams, flags)
     };
-    check(r, "virDomainGetJobStats")?;
+    if r < 0 {
+        let e = virt::error::Error::last_error();
+        return Err(match e.code() {
+            virt::enumutil::Enum::Known(virt::error::ErrorNumber::OperationUnsupported) => {
+                JobStatsError::Incoming
+            }
+            _ => JobStatsError::Libvirt(LibvirtError::Call {
+                op: "virDomainGetJobStats",
+                message: e.message().to_string(),
+            }),
+        });
+    }
     if params.is_null() || nparams <= 0 {
         return Ok(None);
     }
