@@ -1,6 +1,6 @@
 //! Command-line and environment configuration of the agent.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::PathBuf;
 
 /// Flags of `kvmotion-agent`; each can also come from the environment.
@@ -21,8 +21,19 @@ pub struct Args {
 
     /// Address (IP or host) other nodes' libvirtd and QEMU reach this node
     /// on for migrations: the migration network.
-    #[arg(long, env = "KVMOTION_MIGRATION_ADDRESS")]
-    pub migration_address: String,
+    #[arg(
+        long,
+        env = "KVMOTION_MIGRATION_ADDRESS",
+        required_unless_present = "migration_network",
+        conflicts_with = "migration_network"
+    )]
+    pub migration_address: Option<String>,
+
+    /// The migration network as a CIDR (10.99.0.0/24): the migration
+    /// address is this host's own address in it, so one setting serves
+    /// every node of a dedicated migration network.
+    #[arg(long, env = "KVMOTION_MIGRATION_NETWORK", value_parser = Network::parse)]
+    pub migration_network: Option<Network>,
 
     /// Address the API listens on.
     #[arg(long, env = "KVMOTION_LISTEN", default_value = "0.0.0.0:9443")]
@@ -119,7 +130,92 @@ pub struct Args {
     pub log_format: String,
 }
 
+/// An IP network in CIDR notation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Network {
+    /// Its address.
+    pub addr: IpAddr,
+    /// Its prefix length.
+    pub prefix: u8,
+}
+
+impl Network {
+    /// Parses `a.b.c.d/len` or `v6::addr/len`.
+    pub fn parse(s: &str) -> Result<Network, String> {
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR (address/prefix length)"))?;
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|e| format!("{addr:?} in {s:?}: {e}"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(|| format!("prefix length {prefix:?} in {s:?} is not 0 to {max}"))?;
+        Ok(Network { addr, prefix })
+    }
+
+    /// Whether `ip` lies in the network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |a: IpAddr| match a {
+            IpAddr::V4(v) => (u128::from(u32::from(v)) << 96, 32u32),
+            IpAddr::V6(v) => (u128::from(v), 128u32),
+        };
+        let ((net, width), (host, host_width)) = (bits(self.addr), bits(ip));
+        if width != host_width {
+            return false;
+        }
+        // Both kinds sit in the top bits, so one mask serves.
+        let mask = match self.prefix {
+            0 => 0,
+            p => u128::MAX << (128 - u32::from(p)),
+        };
+        net & mask == host & mask
+    }
+
+    /// This host's own address in the network: the source address the
+    /// kernel picks for a datagram to it (no datagram is sent).
+    pub fn own_address(&self) -> Result<IpAddr, String> {
+        let any: SocketAddr = match self.addr {
+            IpAddr::V4(_) => ([0, 0, 0, 0], 0).into(),
+            IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let probe = UdpSocket::bind(any).map_err(|e| format!("a probe socket: {e}"))?;
+        probe
+            .connect((self.addr, 9))
+            .map_err(|e| format!("no route to {}/{}: {e}", self.addr, self.prefix))?;
+        let own = probe
+            .local_addr()
+            .map_err(|e| format!("the probe's address: {e}"))?
+            .ip();
+        if self.contains(own) {
+            Ok(own)
+        } else {
+            Err(format!(
+                "this host has no address in {}/{} (it reaches it from {own})",
+                self.addr, self.prefix
+            ))
+        }
+    }
+}
+
 impl Args {
+    /// Settles the migration address: given, or this host's own in
+    /// `--migration-network`.
+    pub fn resolve_migration_address(&mut self) -> Result<(), String> {
+        if let (None, Some(net)) = (&self.migration_address, self.migration_network) {
+            self.migration_address = Some(net.own_address()?.to_string());
+        }
+        Ok(())
+    }
+
+    /// The migration address (after [`Args::resolve_migration_address`]).
+    pub fn migration_address(&self) -> &str {
+        self.migration_address.as_deref().unwrap_or_default()
+    }
+
     /// The endpoint peers and the controller use.
     pub fn endpoint(&self) -> String {
         self.advertise_endpoint.clone().unwrap_or_else(|| {
@@ -130,9 +226,60 @@ impl Args {
             };
             format!(
                 "{scheme}://{}:{}",
-                self.migration_address,
+                self.migration_address(),
                 self.listen.port()
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_network_contains_exactly_its_addresses() {
+        let net = Network::parse("10.99.0.0/24").unwrap();
+        let cases = [
+            ("10.99.0.1", true),
+            ("10.99.0.255", true),
+            ("10.99.1.1", false),
+            ("10.98.0.1", false),
+            ("::ffff:10.99.0.1", false),
+        ];
+        for (ip, want) in cases {
+            assert_eq!(net.contains(ip.parse().unwrap()), want, "{ip}");
+        }
+        let all = Network::parse("0.0.0.0/0").unwrap();
+        assert!(all.contains("192.0.2.7".parse().unwrap()));
+        let v6 = Network::parse("fd00:99::/64").unwrap();
+        assert!(v6.contains("fd00:99::2".parse().unwrap()));
+        assert!(!v6.contains("fd00:98::2".parse().unwrap()));
+    }
+
+    #[test]
+    fn malformed_networks_are_refused_naming_the_part() {
+        for (s, says) in [
+            ("10.99.0.0", "not a CIDR"),
+            ("10.99.0/24", "10.99.0"),
+            ("10.99.0.0/33", "0 to 32"),
+            ("fd00::/129", "0 to 128"),
+        ] {
+            let e = Network::parse(s).unwrap_err();
+            assert!(e.contains(says), "{s}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_own_address_of_loopback_is_found_and_a_foreign_network_refused() {
+        let lo = Network::parse("127.0.0.0/8").unwrap();
+        assert_eq!(
+            lo.own_address().unwrap(),
+            "127.0.0.1".parse::<IpAddr>().unwrap()
+        );
+        // Reached through a route from another address, if at all: a host
+        // holds that one address only if it was given it.
+        let far = Network::parse("203.0.113.77/32").unwrap();
+        assert!(far.own_address().is_err());
     }
 }

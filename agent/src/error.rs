@@ -91,7 +91,7 @@ pub enum Error {
     #[error("{0}")]
     BadRequest(String),
     /// No endpoint at that path.
-    #[error("no endpoint {0}; see the README's agent API table")]
+    #[error("no endpoint {0}; see docs/agent.md, Agent API")]
     UnknownEndpoint(String),
     /// The endpoint exists but not for this method.
     #[error("{method} is not allowed on {path}")]

@@ -48,7 +48,9 @@ async fn connect_libvirt(args: &Args) -> Arc<dyn Libvirt> {
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
-pub async fn run(args: Args) -> Result<(), Error> {
+pub async fn run(mut args: Args) -> Result<(), Error> {
+    args.resolve_migration_address()
+        .map_err(|e| Error::Config(format!("--migration-network: {e}")))?;
     let kube = client(&args).await?;
     let lv = connect_libvirt(&args).await;
     let endpoint = args.endpoint();
@@ -66,8 +68,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
         lv.clone(),
         EngineConfig {
             node: args.node_name.clone(),
-            libvirt_uri: format!("qemu+tcp://{}/system", args.migration_address),
-            migration_uri: format!("tcp://{}", args.migration_address),
+            libvirt_uri: format!("qemu+tcp://{}/system", args.migration_address()),
+            migration_uri: format!("tcp://{}", args.migration_address()),
             endpoint: endpoint.clone(),
             poll: Duration::from_millis(args.poll_ms.max(100)),
         },
@@ -81,7 +83,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         lv,
         InventoryConfig {
             node: args.node_name.clone(),
-            migration_address: args.migration_address.clone(),
+            migration_address: args.migration_address().to_string(),
             endpoint,
             lease_namespace: args.lease_namespace.clone(),
             resync: Duration::from_secs(args.resync_seconds.max(1)),

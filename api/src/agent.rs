@@ -70,7 +70,7 @@ pub struct ResolvedTuning {
 }
 
 impl Default for ResolvedTuning {
-    /// kvmotion's built-in defaults (see the README's policy table).
+    /// kvmotion's built-in defaults (see docs/policies.md).
     fn default() -> Self {
         ResolvedTuning {
             bandwidth_mibps: 0,

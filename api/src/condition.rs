@@ -3,7 +3,7 @@
 //! Types are a closed set. Reasons the controller decides on are listed
 //! here too, so alerts, docs and tests can rely on them; a failure the
 //! source agent reports carries the agent's own reason (e.g.
-//! `ProgressTimeout`), also listed in the README.
+//! `ProgressTimeout`), also listed in docs/api.md.
 
 /// The `type` of a condition on a `VirtualMachineMigration`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -46,7 +46,7 @@ impl ConditionType {
 }
 
 /// The `reason` of a condition the controller decides on: CamelCase,
-/// stable, documented in the README.
+/// stable, documented in docs/api.md.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ConditionReason {
     /// The spec is valid and the migration is queued.

@@ -180,7 +180,7 @@ pub struct VirtualMachineMigrationStatus {
     /// When each phase was entered, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub phase_transition_times: Vec<PhaseTransition>,
-    /// Standard conditions, one per type; reasons are listed in the README.
+    /// Standard conditions, one per type; reasons are listed in docs/api.md.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -34,7 +34,7 @@ pub struct NotMovable {
 
 /// How `mode` moves a domain in `state`; `persistent` says whether it is
 /// defined (survives a shut-off). Every state is listed: the table the
-/// README's "Domain states" section shows.
+/// "Domain states" section of docs/agent.md shows.
 pub fn how(mode: MigrationMode, state: DomainState, persistent: bool) -> Result<Move, NotMovable> {
     use DomainState as S;
     let refuse = |needed| Err(NotMovable { needed });

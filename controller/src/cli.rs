@@ -79,7 +79,7 @@ pub struct Args {
     /// Reconciles run at once, at most. A reconcile spends most of its time
     /// waiting on the API server, and more of them at once only queue
     /// there: throughput does not grow while each takes longer (see the
-    /// README's benchmarks). Raise it when agents answer slowly; a running
+    /// docs/benchmarks.md). Raise it when agents answer slowly; a running
     /// job is watched outside this bound.
     #[arg(long, env = "KVMOTION_MAX_CONCURRENT_RECONCILES", default_value_t = 2,
           value_parser = clap::value_parser!(u16).range(1..))]

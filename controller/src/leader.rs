@@ -43,6 +43,39 @@ pub enum TermEnd {
     Stopped,
 }
 
+/// What a standby woke up for.
+enum Woke {
+    /// Shutdown, or the manager ended.
+    Stop,
+    /// It holds the Lease now.
+    Leading,
+    /// The Lease was released by its holder.
+    Released,
+}
+
+/// Returns once the Lease has no holder (its leader released it), seen by
+/// a watch; never when the watch cannot be made (the manager's own expiry
+/// timing still applies then).
+async fn released(client: &Client, lease: &LeaseConfig) {
+    use futures::StreamExt;
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let api: kube::Api<Lease> = kube::Api::namespaced(client.clone(), &lease.namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", lease.name));
+    let stream = watcher(api, config).applied_objects();
+    tokio::pin!(stream);
+    // The first event shows the Lease as it is: held, or just released.
+    while let Some(event) = stream.next().await {
+        if let Ok(l) = event {
+            let holder = l.spec.and_then(|s| s.holder_identity).unwrap_or_default();
+            if holder.is_empty() {
+                return;
+            }
+        }
+    }
+    std::future::pending::<()>().await
+}
+
 /// Runs one term's `work` until the Lease is `lost`, the work ends, or
 /// `shutdown`, after which the work may run `drain` longer.
 pub async fn term(
@@ -85,21 +118,47 @@ where
         name: lease.name.clone(),
         source,
     };
-    let manager = LeaseManagerBuilder::new(client, &lease.name)
-        .with_namespace(&lease.namespace)
-        .with_identity(&lease.identity)
-        .with_duration(lease.duration.as_secs())
-        .with_grace(lease.grace.as_secs())
-        .with_field_manager(crate::run::LEASE_FIELD_MANAGER)
-        .build()
-        .await
-        .map_err(to_err)?;
-    let (mut leading, task) = manager.watch().await;
+    let build = || async {
+        LeaseManagerBuilder::new(client.clone(), &lease.name)
+            .with_namespace(&lease.namespace)
+            .with_identity(&lease.identity)
+            .with_duration(lease.duration.as_secs())
+            .with_grace(lease.grace.as_secs())
+            .with_field_manager(crate::run::LEASE_FIELD_MANAGER)
+            .build()
+            .await
+            .map_err(to_err)
+    };
+    let (mut leading, mut task) = build().await?.watch().await;
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            changed = leading.wait_for(|l| *l) => if changed.is_err() { break },
+        // A standby's manager sleeps until the Lease expires; a leader
+        // that stops clears the holder long before. Seeing that here, the
+        // standby campaigns again at once and takes over, rather than a
+        // replacement pod that finds the Lease free first.
+        let woke = tokio::select! {
+            _ = &mut shutdown => Woke::Stop,
+            changed = leading.wait_for(|l| *l) => match changed {
+                Ok(_) => Woke::Leading,
+                Err(_) => Woke::Stop,
+            },
+            () = released(&client, &lease) => Woke::Released,
+        };
+        match woke {
+            Woke::Stop => break,
+            Woke::Leading => {}
+            Woke::Released => {
+                if !*leading.borrow() {
+                    // Not the holder: nothing to release, only the sleep
+                    // to cut short.
+                    task.abort();
+                    // Bounds the campaigns when the free Lease cannot be
+                    // taken (the API server refusing).
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    (leading, task) = build().await?.watch().await;
+                }
+                continue;
+            }
         }
         info!(identity = %lease.identity, lease = %lease.name, "became leader");
         metrics.set_leader(true);

@@ -12,7 +12,7 @@ use std::sync::Arc;
 /// A failed precheck: the condition reason and a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    /// CamelCase reason (README lists them).
+    /// CamelCase reason (docs/api.md lists them).
     pub reason: ConditionReason,
     /// What is wrong and what to do.
     pub message: String,

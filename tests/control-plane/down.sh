@@ -14,7 +14,9 @@ stop() { # stop <pidfile>
   fi
   rm -f "$1"
 }
+stop "$CP_STATE/kube-controller-manager.pid"
+stop "$CP_STATE/kube-scheduler.pid"
 stop "$CP_STATE/kube-apiserver.pid"
 stop "$CP_STATE/etcd.pid"
-rm -rf "$CP_STATE/etcd" "$CP_STATE/kubeconfig" "$CP_STATE/env"
+rm -rf "$CP_STATE/etcd" "$CP_STATE/kubeconfig" "$CP_STATE"/*.kubeconfig "$CP_STATE/env"
 $quiet || log "stopped"

@@ -10,7 +10,6 @@
 # target/images/images.json (references and sizes). Tag: VERSION-COMMIT
 # (`-dirty` when the tree has uncommitted changes). Root.
 set -euo pipefail
-[ "$(id -u)" = 0 ] || { echo "images: build.sh must run as root" >&2; exit 1; }
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out="$root/target/images"
 CARGO=${CARGO:-cargo}
@@ -19,6 +18,9 @@ version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -1)
 commit=$(git -C "$root" rev-parse --short=12 HEAD)
 git -C "$root" diff --quiet HEAD 2>/dev/null || commit="$commit-dirty"
 tag="$version-$commit"
+# --tag: print the tag this tree's images get, build nothing.
+[ "${1:-}" = --tag ] && { echo "$tag"; exit 0; }
+[ "$(id -u)" = 0 ] || { echo "images: build.sh must run as root" >&2; exit 1; }
 names=("${@:-controller agent}")
 read -r -a names <<<"${names[*]}"
 

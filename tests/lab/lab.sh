@@ -180,6 +180,8 @@ cmd_up() {
 }
 
 cmd_down() {
+  # Kubelets and pods run inside the nodes' namespaces (cluster/nodes.sh).
+  "$LAB_DIR/../cluster/nodes.sh" down
   for node in "${NODES[@]}"; do
     if alive "$node"; then
       # Destroy guests first: libvirtd's death leaves QEMU running.
@@ -195,6 +197,8 @@ cmd_down() {
   pkill -9 -f "qemu-system.*kvmotion/lab/guest" 2>/dev/null || true
   net_down
   rm -rf "$LAB"
+  # The mount point init.sh made for the nodes' local image directories.
+  rmdir "$LOCAL" 2>/dev/null || true
   log "down"
 }
 

@@ -47,18 +47,7 @@ impl Rig {
 
     /// Creates a migration named after `base` with `spec`; returns its name.
     pub fn migrate(&self, base: &str, spec: Value) -> String {
-        let manifest = json!({
-            "apiVersion": "kvmotion.io/v1alpha1",
-            "kind": "VirtualMachineMigration",
-            "metadata": {"name": base},
-            "spec": spec,
-        });
-        let (obj, name) = self.scope.adopt(&manifest.to_string());
-        let out = self
-            .scope
-            .kubectl(&["apply", "-f", "-"], Some(&obj.to_string()));
-        assert!(out.ok, "applying {name}: {}", out.stderr);
-        name
+        apply_migration(&self.scope, base, spec)
     }
 
     /// The migration's status, if it has one.
@@ -71,25 +60,14 @@ impl Rig {
     /// Waits until the migration reaches `phase`; panics with the logs when
     /// it ends elsewhere or takes longer than `within`.
     pub async fn wait_phase(&self, name: &str, phase: &str, within: Duration) -> Value {
-        let got = eventually(within, &format!("{name} to reach {phase}"), || async {
-            let s = self.status(name).await?;
-            let p = s["phase"].as_str().unwrap_or_default();
-            let terminal = matches!(p, "Succeeded" | "Failed" | "Cancelled");
-            (p == phase || terminal).then_some(s)
-        })
-        .await;
-        match got {
-            Ok(s) if s["phase"] == phase => s,
-            Ok(s) => panic!(
+        match until_phase(name, phase, within, || self.status(name)).await {
+            Ok(s) => s,
+            Err((None, s)) => panic!(
                 "{name} ended {} instead of {phase}: {s:#}\n{}",
                 s["phase"],
                 self.logs()
             ),
-            Err(e) => panic!(
-                "{e}: {:#}\n{}",
-                self.status(name).await.unwrap_or_default(),
-                self.logs()
-            ),
+            Err((Some(e), s)) => panic!("{e}: {s:#}\n{}", self.logs()),
         }
     }
 
@@ -272,6 +250,51 @@ pub fn held_back_spec(vm: &str) -> Value {
             "onTimeout": "Abort"
         }
     })
+}
+
+/// `kubectl apply` of a VirtualMachineMigration named after `base` in
+/// `scope`, with `spec`; returns its name.
+pub fn apply_migration(scope: &Scope, base: &str, spec: Value) -> String {
+    let (obj, name) = scope.adopt(&migration_manifest(base, spec).to_string());
+    let out = scope.kubectl(&["apply", "-f", "-"], Some(&obj.to_string()));
+    assert!(out.ok, "applying {name}: {}", out.stderr);
+    name
+}
+
+/// A VirtualMachineMigration named `base` with `spec`.
+pub fn migration_manifest(base: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "kvmotion.io/v1alpha1",
+        "kind": "VirtualMachineMigration",
+        "metadata": {"name": base},
+        "spec": spec,
+    })
+}
+
+/// Polls `status` until the migration `name` is in `phase` or a final
+/// one; `Ok` with the status in `phase`, `Err` with what it shows
+/// otherwise (the status, and the timeout when there was one).
+pub async fn until_phase<F, Fut>(
+    name: &str,
+    phase: &str,
+    within: Duration,
+    status: F,
+) -> Result<Value, (Option<String>, Value)>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<Value>>,
+{
+    let got = eventually(within, &format!("{name} to reach {phase}"), || async {
+        let s = status().await?;
+        let p = s["phase"].as_str().unwrap_or_default();
+        (p == phase || matches!(p, "Succeeded" | "Failed" | "Cancelled")).then_some(s)
+    })
+    .await;
+    match got {
+        Ok(s) if s["phase"] == phase => Ok(s),
+        Ok(s) => Err((None, s)),
+        Err(e) => Err((Some(e.to_string()), status().await.unwrap_or_default())),
+    }
 }
 
 /// The phases a status went through, in order.

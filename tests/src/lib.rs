@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod bench;
 pub mod chart;
+pub mod cluster;
 pub mod control_plane;
 pub mod controller;
 pub mod e2e;

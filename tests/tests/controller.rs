@@ -22,12 +22,7 @@ fn start(scope: &Scope, lease: &str, identity: &str, extra: &[&str]) -> Controll
 }
 
 fn create(scope: &Scope, base: &str, spec: serde_json::Value) -> String {
-    let manifest = json!({
-        "apiVersion": "kvmotion.io/v1alpha1",
-        "kind": "VirtualMachineMigration",
-        "metadata": {"name": base},
-        "spec": spec,
-    });
+    let manifest = kvmotion_tests::e2e::migration_manifest(base, spec);
     let (obj, name) = scope.adopt(&manifest.to_string());
     let out = scope.kubectl(&["create", "-f", "-"], Some(&obj.to_string()));
     assert!(out.ok, "creating {name}: {}", out.stderr);

@@ -104,7 +104,8 @@ fn in_image(rootfs: &Path, user: &str, argv: &[&str]) -> String {
 #[test]
 fn make_images_builds_both_images_small_runnable_and_labelled_with_the_commit() {
     let root = kvmotion_tests::repo_root();
-    run("bash", &["tests/images/build.sh"]);
+    // Built once per tree and shared with the cluster tests.
+    kvmotion_tests::cluster::images();
     let report: Vec<Value> = serde_json::from_str(
         &std::fs::read_to_string(root.join("target/images/images.json")).expect("images.json"),
     )

@@ -1,14 +1,14 @@
-//! `make demo`: a guest on the two-node lab, agents and controller under
-//! their own service accounts on the local control plane, and one live
+//! `make demo`: kvmotion as it ships. A two-node cluster whose nodes are
+//! the lab's hypervisors (a kubelet on each), the images `make images`
+//! builds, the chart installed by helm, a guest on node-a, and one live
 //! migration followed with `kubectl migrate --wait`. With `KEEP=1` it all
 //! stays up after the program ends, until `make demo-down`.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
-use kvmotion_tests::agent::{Agents, credentials};
+use kvmotion_tests::cluster::{self, NAMESPACE, Release};
 use kvmotion_tests::control_plane::control_plane;
-use kvmotion_tests::controller::ControllerProcess;
 use kvmotion_tests::e2e::wait_listed;
 use kvmotion_tests::lab::{Guest, GuestSpec, exclusive};
 use kvmotion_tests::plugin::plugin_binary;
@@ -19,40 +19,41 @@ fn step(what: &str) {
     println!("\n==> {what}");
 }
 
+fn show(args: &[&str]) {
+    let out = cluster::kubectl(args);
+    print!("{}{}", out.stdout, out.stderr);
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let keep = std::env::var("KEEP").is_ok_and(|v| !v.is_empty() && v != "0");
     let _lab = exclusive().await;
-    step("control plane: etcd and kube-apiserver, kvmotion's CRDs and RBAC");
+    step("control plane: etcd, kube-apiserver, kube-scheduler, kube-controller-manager");
     let cp = control_plane();
-    let creds = credentials();
     let client = cp.client().await;
     let version = client.apiserver_version().await.map(|v| v.git_version);
-    println!("    kube-apiserver {}", version.unwrap_or_default());
+    println!("    kubernetes {}", version.unwrap_or_default());
 
-    step("agents on node-a and node-b (service account kvmotion-agent)");
-    let agents = Agents::start("demo", 0).await;
-    println!(
-        "    node-a http://{}  node-b http://{}",
-        agents.a.addr, agents.b.addr
-    );
+    step("images: kvmotion-controller and kvmotion-agent (make images, no registry)");
+    let images = cluster::images();
+    for i in images.report.as_array().into_iter().flatten() {
+        println!(
+            "    {}  {:.1} MiB compressed",
+            i["ref"].as_str().unwrap_or_default(),
+            i["compressedBytes"].as_f64().unwrap_or_default() / 1_048_576.0
+        );
+    }
 
-    step("controller (service account kvmotion-controller)");
-    let token = creds.controller_token_file.to_string_lossy().to_string();
-    let controller = ControllerProcess::start_as(
-        &creds.controller_kubeconfig,
-        "kvmotion-system",
-        "kvmotion-demo",
-        "demo-controller",
-        &["--agent-token-file", &token],
-    );
-    controller.wait_ready().await;
-    controller.wait_leading(Duration::from_secs(30)).await;
-    println!(
-        "    leading; metrics on http://{}/metrics",
-        controller.http_addr
-    );
-    let controller_log = controller.log.clone();
+    step("nodes: containerd and a kubelet on node-a and node-b");
+    cluster::nodes();
+    show(&["get", "nodes", "-L", "kvmotion.io/hypervisor"]);
+
+    step(&format!(
+        "helm install kvmotion charts/kvmotion -n {NAMESPACE}"
+    ));
+    let release = Release::install_unscoped("demo");
+    step(&format!("kubectl get pods -n {NAMESPACE} -o wide"));
+    show(&["get", "pods", "-n", NAMESPACE, "-o", "wide"]);
 
     step(&format!(
         "guest {VM} boots on node-a (QEMU, software emulation)"
@@ -61,7 +62,7 @@ async fn main() -> ExitCode {
     let before = guest.last_beat("node-a").expect("the guest beats");
     println!("    heartbeat #{} on node-a", before.seq);
     if let Err(e) = wait_listed(client.clone(), "node-a", VM, true).await {
-        eprintln!("{e}");
+        eprintln!("{e}\n{}", release.describe());
         return ExitCode::FAILURE;
     }
 
@@ -74,8 +75,10 @@ async fn main() -> ExitCode {
     match status {
         Ok(s) if s.success() => {}
         Ok(s) => {
-            eprintln!("the migration did not succeed ({s}); controller log:");
-            eprintln!("{}", controller.log_text());
+            eprintln!(
+                "the migration did not succeed ({s}):\n{}",
+                release.describe()
+            );
             forget_migrations(&client).await;
             return ExitCode::FAILURE;
         }
@@ -93,47 +96,31 @@ async fn main() -> ExitCode {
     ));
 
     if keep {
-        let pids: Vec<String> = [agents.a.pid(), agents.b.pid(), controller.pid()]
-            .into_iter()
-            .flatten()
-            .map(|p| p.to_string())
-            .collect();
         let root = kvmotion_tests::repo_root();
         let root = root.canonicalize().unwrap_or(root);
-        let dir = root.join("target/demo");
-        if let Err(e) = std::fs::create_dir_all(&dir)
-            .and_then(|()| std::fs::write(dir.join("pids"), pids.join(" ")))
-        {
-            eprintln!("writing {}/pids: {e}", dir.display());
-        }
         // Left running on purpose: make demo-down stops them.
         std::mem::forget(guest);
-        std::mem::forget(controller);
-        std::mem::forget(agents);
+        std::mem::forget(release);
         println!(
             "\nEverything stays up. In this shell:\n\n  \
              source {}/target/control-plane/env\n  \
              export PATH={}:$PATH\n  \
+             kubectl get pods -n {NAMESPACE} -o wide\n  \
              kubectl get vmm,hv\n  \
              kubectl migrate {VM} --to node-a --wait\n\n\
-             Controller log: {}\nStop it all with: make demo-down",
+             Stop it all with: make demo-down",
             root.display(),
             plugin_binary()
                 .parent()
                 .map(|d| d.display().to_string())
                 .unwrap_or_default(),
-            controller_log
-                .canonicalize()
-                .unwrap_or(controller_log)
-                .display(),
         );
         return ExitCode::SUCCESS;
     }
-    step("tearing down: migration, guest, agents, controller");
+    step("tearing down: migration, guest, helm uninstall");
     forget_migrations(&client).await;
     drop(guest);
-    drop(controller);
-    drop(agents);
+    drop(release);
     ExitCode::SUCCESS
 }
 
