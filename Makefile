@@ -50,14 +50,15 @@ test: lint ## Lint, unit, integration and lab tests: what CI runs
 	@$(CP)/build.sh
 	@tests/with-lab.sh $(CARGO) test --workspace --no-fail-fast
 
-# KEEP=1 leaves the control plane, the lab, the agents, the controller and
-# the guest running; `make demo-down` stops them.
-demo: deps ## Live-migrate a lab guest, shown by `kubectl migrate --wait` (KEEP=1: leave it running)
+# KEEP=1 leaves the control plane, the lab with its kubelets, the release
+# and the guest running; `make demo-down` stops them.
+demo: deps ## helm-install kvmotion on the lab's two kubelet nodes and live-migrate a guest with `kubectl migrate --wait` (KEEP=1: leave it running)
 	@$(CP)/build.sh
 	@tests/with-lab.sh $(CARGO) run -q -p kvmotion-tests --bin demo
 
-demo-down: ## Stop what `make demo KEEP=1` left running: processes, guest, lab, control plane
-	@if [ -f target/demo/pids ]; then kill $$(cat target/demo/pids) 2>/dev/null || true; rm -f target/demo/pids; fi
+demo-down: ## Stop what `make demo KEEP=1` left running: the release, guest, kubelets, lab, control plane
+	@. $(CP)/lib.sh && cp_ready && "$$HELM_BIN/helm" --kubeconfig "$$CP_STATE/kubeconfig" uninstall kvmotion -n kvmotion-system --wait >/dev/null 2>&1 || true
+	@rm -f target/demo/kept
 	@tests/lab/lab.sh down
 	@$(CP)/down.sh
 

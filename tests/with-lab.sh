@@ -10,13 +10,8 @@ cp_was_up=false; lab_was_up=false
 if cp_ready; then cp_was_up=true; fi
 if "$here/lab/lab.sh" status 2>/dev/null | grep -q 'libvirtd pid'; then lab_was_up=true; fi
 
-# A demo left running (make demo KEEP=1) owns the lab's agents and ports.
-pids=$REPO_ROOT/target/demo/pids
-demo_alive=false
-if [ -f "$pids" ]; then
-  for pid in $(cat "$pids"); do kill -0 "$pid" 2>/dev/null && demo_alive=true; done
-fi
-if $demo_alive; then
+# A demo left running (make demo KEEP=1) owns the lab and its release.
+if [ -f "$REPO_ROOT/target/demo/kept" ]; then
   echo "a demo left running by 'make demo KEEP=1' holds the lab: run 'make demo-down' first" >&2
   exit 1
 fi

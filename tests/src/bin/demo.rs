@@ -98,7 +98,14 @@ async fn main() -> ExitCode {
     if keep {
         let root = kvmotion_tests::repo_root();
         let root = root.canonicalize().unwrap_or(root);
-        // Left running on purpose: make demo-down stops them.
+        // Left running on purpose: make demo-down stops them (and
+        // with-lab.sh refuses to run over them).
+        let dir = root.join("target/demo");
+        if let Err(e) =
+            std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(dir.join("kept"), VM))
+        {
+            eprintln!("writing {}/kept: {e}", dir.display());
+        }
         std::mem::forget(guest);
         std::mem::forget(release);
         println!(
