@@ -1,6 +1,9 @@
 //! The Helm chart's renders against the real API server: the defaults and the
 //! optional objects are accepted by a server-side dry run, and the controller
 //! and agent pods meet the Pod Security levels the chart's namespace sets.
+//! That the pods then run (mounts, privileges, probes, the projected
+//! tokens, the host network) is proven on the lab's kubelets by
+//! `cluster_install`, `cluster_upgrade` and `cluster_faults`.
 
 use kvmotion_tests::chart::{
     NAMESPACE, args_of, assert_server_accepts, documents, find, objects, parse, render, run,
