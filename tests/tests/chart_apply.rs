@@ -165,6 +165,19 @@ fn the_controller_meets_the_restricted_pod_security_level_and_the_agent_needs_pr
     );
     assert!(out.ok, "{}", out.stderr);
 
+    // Pods are admitted only with their service account present (the
+    // ServiceAccount admission plugin), before the Pod Security check.
+    for ns in [restricted, NAMESPACE] {
+        for sa in ["kvmotion-controller", "kvmotion-agent"] {
+            let (_, out) = run("kubectl", &["create", "serviceaccount", sa, "-n", ns], None);
+            assert!(
+                out.ok || out.stderr.contains("already exists"),
+                "{}",
+                out.stderr
+            );
+        }
+    }
+
     let objs = objects(&render(&[]));
     let controller = find(&objs, "Deployment", "kvmotion-controller");
     let agent = find(&objs, "DaemonSet", "kvmotion-agent");
