@@ -18,5 +18,9 @@ stop "$CP_STATE/kube-controller-manager.pid"
 stop "$CP_STATE/kube-scheduler.pid"
 stop "$CP_STATE/kube-apiserver.pid"
 stop "$CP_STATE/etcd.pid"
+# Any process of this state directory whose pid file was lost or
+# overwritten (a control plane started by hand): it would hold the ports
+# the next one needs.
+pkill -9 -f -- "$CP_STATE/" 2>/dev/null || true
 rm -rf "$CP_STATE/etcd" "$CP_STATE/kubeconfig" "$CP_STATE"/*.kubeconfig "$CP_STATE/env"
 $quiet || log "stopped"

@@ -124,6 +124,14 @@ start_controllers() {
     --use-service-account-credentials --cluster-name kvmotion-test \
     --v 1 </dev/null >"$CP_STATE/logs/kube-controller-manager.log" 2>&1 &
   echo $! >"$CP_STATE/kube-controller-manager.pid"
+  # Either exits within a second when it cannot start (a port in use, a
+  # role missing): say so, rather than leave pods unscheduled.
+  sleep 1
+  for c in kube-scheduler kube-controller-manager; do
+    kill -0 "$(cat "$CP_STATE/$c.pid")" 2>/dev/null && continue
+    tail -n 5 "$CP_STATE/logs/$c.log" >&2
+    die "$c did not start"
+  done
 }
 
 for _ in $(seq 1 120); do
