@@ -306,7 +306,7 @@ cmd_up() {
 }
 
 cmd_down() {
-  local n p
+  local n p d
   for n in "${NODES[@]}"; do
     d=$(kdir "$n")
     for p in kubelet containerd; do

@@ -215,11 +215,6 @@ impl Release {
         pods(component)
     }
 
-    /// `helm uninstall`, waited for until no pod of the release is left.
-    pub fn uninstall(self) {
-        // Drop does it.
-    }
-
     /// The pod holding the controller's leader Lease.
     pub fn leader(&self) -> Option<String> {
         let lease = get_json(&["lease", "-n", NAMESPACE, "kvmotion-controller"]);

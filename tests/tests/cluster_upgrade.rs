@@ -105,7 +105,9 @@ async fn helm_upgrade_rolls_agents_one_node_at_a_time_and_uninstall_removes_ever
         );
     }
 
-    release.uninstall();
+    // Dropping the release is `helm uninstall`, waited for until no pod
+    // of it is left.
+    drop(release);
     let left = kubectl(&[
         "get",
         "pods,deployments,daemonsets,services",
