@@ -3,7 +3,8 @@
 //! own stream once the link returns) and ends with the guest running on the
 //! target in the same boot, defined only there; past the policy's bound it
 //! fails honestly, and the guest still ends on one node. An agent restarted
-//! while the move is split takes the recovery up.
+//! while the move is split takes the recovery up; a resume that hangs (its
+//! target stopped) is interrupted, left to libvirt, and a later one finishes.
 
 use std::time::Duration;
 
@@ -34,6 +35,38 @@ async fn in_post_copy(agents: &Agents, guest: &Guest, id: &str, bound_s: u32) ->
     drive
 }
 
+/// What a scene holds until the test ends: the link's shaping, then the
+/// lab (a tuple drops its fields in order).
+type Held = (Shaped, kvmotion_tests::lab::LabLock);
+
+/// One scene of these tests: the lab held, both agents up, the link shaped
+/// to `mbit`, a hot guest on node-a whose move `name-1` is in post-copy.
+/// Bind `Held` first so that it drops after the guest.
+async fn scene(
+    line: u32,
+    name: &str,
+    mbit: u32,
+    bound_s: u32,
+) -> (Held, Agents, Guest, kvmotion_tests::lab::Beat, Drive) {
+    let lab = exclusive().await;
+    let agents = Agents::start(module_path!(), line).await;
+    let slow = Shaped::at(mbit);
+    let guest = Guest::start("node-a", name, &GuestSpec::hot()).await;
+    let before = guest.last_beat("node-a").expect("beating");
+    let drive = in_post_copy(&agents, &guest, &format!("{name}-1"), bound_s).await;
+    ((slow, lab), agents, guest, before, drive)
+}
+
+/// Whether the job took an action whose record starts with `prefix`.
+fn took(s: &JobStatus, prefix: &str) -> bool {
+    s.actions.iter().any(|a| a.starts_with(prefix))
+}
+
+/// Waits until the job took an action starting with `prefix`.
+async fn until_took(agents: &Agents, drive: &Drive, within: Duration, prefix: &str) -> JobStatus {
+    until(agents, drive, within, prefix, |s| took(s, prefix)).await
+}
+
 /// Waits until the job's status satisfies `pred`; returns that status.
 async fn until(
     agents: &Agents,
@@ -54,12 +87,7 @@ async fn until(
 
 #[tokio::test]
 async fn a_post_copy_whose_stream_broke_is_resumed_by_the_agent() {
-    let _lab = exclusive().await;
-    let agents = Agents::start(module_path!(), line!()).await;
-    let _slow = Shaped::at(80);
-    let guest = Guest::start("node-a", "pc-resume", &GuestSpec::hot()).await;
-    let before = guest.last_beat("node-a").expect("beating");
-    let drive = in_post_copy(&agents, &guest, "pc-resume-1", 300).await;
+    let (_held, agents, guest, before, drive) = scene(line!(), "pc-resume", 80, 300).await;
 
     // What a broken stream does to post-copy, deterministically: QEMU
     // pauses the migration on both sides, libvirt marks post-copy failed.
@@ -74,9 +102,7 @@ async fn a_post_copy_whose_stream_broke_is_resumed_by_the_agent() {
         "the split was reported while it lasted: {history:?}"
     );
     assert!(
-        done.actions
-            .iter()
-            .any(|a| a.starts_with("PostCopyResume(attempt")),
+        took(&done, "PostCopyResume(attempt"),
         "the agent resumed it: {:?}",
         done.actions
     );
@@ -88,12 +114,7 @@ async fn a_post_copy_whose_stream_broke_is_resumed_by_the_agent() {
 
 #[tokio::test]
 async fn a_link_cut_during_post_copy_and_restored_ends_with_the_guest_moved() {
-    let _lab = exclusive().await;
-    let agents = Agents::start(module_path!(), line!()).await;
-    let _slow = Shaped::at(40);
-    let guest = Guest::start("node-a", "pc-cut", &GuestSpec::hot()).await;
-    let before = guest.last_beat("node-a").expect("beating");
-    let drive = in_post_copy(&agents, &guest, "pc-cut-1", 300).await;
+    let (_held, agents, guest, before, drive) = scene(line!(), "pc-cut", 40, 300).await;
 
     let cut = Cut::now();
     // libvirt's keepalive between the daemons notices the dead link.
@@ -129,12 +150,7 @@ async fn a_link_cut_during_post_copy_and_restored_ends_with_the_guest_moved() {
 
 #[tokio::test]
 async fn a_post_copy_split_past_its_recovery_bound_fails_saying_where_the_guest_is() {
-    let _lab = exclusive().await;
-    let agents = Agents::start(module_path!(), line!()).await;
-    let _slow = Shaped::at(40);
-    let guest = Guest::start("node-a", "pc-bound", &GuestSpec::hot()).await;
-    let before = guest.last_beat("node-a").expect("beating");
-    let drive = in_post_copy(&agents, &guest, "pc-bound-1", 5).await;
+    let (_held, agents, guest, before, drive) = scene(line!(), "pc-bound", 40, 5).await;
 
     let cut = Cut::now();
     let (done, _) = drive.wait(&agents, Duration::from_secs(150)).await;
@@ -197,12 +213,7 @@ async fn a_post_copy_split_past_its_recovery_bound_fails_saying_where_the_guest_
 
 #[tokio::test]
 async fn a_post_copy_split_found_by_a_restarted_agent_is_resumed() {
-    let _lab = exclusive().await;
-    let mut agents = Agents::start(module_path!(), line!()).await;
-    let _slow = Shaped::at(80);
-    let guest = Guest::start("node-a", "pc-adopt", &GuestSpec::hot()).await;
-    let before = guest.last_beat("node-a").expect("beating");
-    let drive = in_post_copy(&agents, &guest, "pc-adopt-1", 300).await;
+    let (_held, mut agents, guest, before, drive) = scene(line!(), "pc-adopt", 80, 300).await;
 
     // The agent dies in post-copy (libvirt carries the job on), and the
     // stream breaks while it is away: the restarted agent finds the split.
@@ -255,27 +266,17 @@ impl Drop for Stopped<'_> {
 
 #[tokio::test]
 async fn a_split_whose_target_qemu_hangs_is_reported_and_recovered_once_it_answers() {
-    let _lab = exclusive().await;
-    let agents = Agents::start(module_path!(), line!()).await;
-    let _slow = Shaped::at(80);
-    let guest = Guest::start("node-a", "pc-hang", &GuestSpec::hot()).await;
-    let before = guest.last_beat("node-a").expect("beating");
-    let drive = in_post_copy(&agents, &guest, "pc-hang-1", 300).await;
+    let (_held, agents, guest, before, drive) = scene(line!(), "pc-hang", 80, 300).await;
 
     // A target QEMU that answers nothing (a hung process or host) makes
     // libvirt wait: the call of the broken move does not return.
     let stopped = Stopped::now("node-b", &guest);
     lab(&["virsh", "node-a", "domjobabort", "--postcopy", &guest.name]);
-    until(
+    until_took(
         &agents,
         &drive,
         Duration::from_secs(90),
-        "the split reported while libvirt's call hangs",
-        |s| {
-            s.actions
-                .iter()
-                .any(|a| a.starts_with("MigrationCallAbandoned"))
-        },
+        "MigrationCallAbandoned",
     )
     .await;
     // A resume asked of a target whose QEMU cannot answer would hang in
@@ -289,13 +290,7 @@ async fn a_split_whose_target_qemu_hangs_is_reported_and_recovered_once_it_answe
         |_| true,
     )
     .await;
-    assert!(
-        !watched
-            .actions
-            .iter()
-            .any(|a| a.starts_with("PostCopyResume(attempt")),
-        "{watched:?}"
-    );
+    assert!(!took(&watched, "PostCopyResume(attempt"), "{watched:?}");
     assert_eq!(watched.phase, JobPhase::Running, "{watched:?}");
     assert_eq!(watched.progress.mode, TransferMode::PostCopyPaused);
     assert!(
@@ -310,10 +305,46 @@ async fn a_split_whose_target_qemu_hangs_is_reported_and_recovered_once_it_answe
 
     assert_eq!(done.phase, JobPhase::Completed, "{done:?}");
     assert!(
-        done.actions
-            .iter()
-            .any(|a| a.starts_with("PostCopyResume(attempt 1)")),
+        took(&done, "PostCopyResume(attempt 1)"),
         "resumed by the agent once the target answered: {done:?}"
+    );
+    assert_eq!(done.vm_node.as_deref(), Some("node-b"), "{done:?}");
+    guest.moved_whole_to("node-b", before).await;
+}
+
+#[tokio::test]
+async fn a_resume_whose_target_hangs_is_given_up_and_a_later_one_finishes_the_move() {
+    let (_held, agents, guest, before, drive) = scene(line!(), "pc-rhang", 80, 300).await;
+
+    lab(&["virsh", "node-a", "domjobabort", "--postcopy", &guest.name]);
+    until_took(
+        &agents,
+        &drive,
+        Duration::from_secs(60),
+        "PostCopyResume(attempt 1)",
+    )
+    .await;
+    // The target stops answering in the middle of the resume: libvirt's
+    // call cannot end while it hangs.
+    let stopped = Stopped::now("node-b", &guest);
+    until_took(
+        &agents,
+        &drive,
+        Duration::from_secs(120),
+        "PostCopyResumeAbandoned(attempt 1)",
+    )
+    .await;
+    drop(stopped);
+    let (done, _) = drive.wait(&agents, Duration::from_secs(240)).await;
+
+    assert_eq!(done.phase, JobPhase::Completed, "{done:?}");
+    assert!(
+        took(&done, "PostCopyResumeInterrupted("),
+        "the stalled resume was interrupted first: {done:?}"
+    );
+    assert!(
+        took(&done, "PostCopyResume(attempt 2)"),
+        "a later attempt made: {done:?}"
     );
     assert_eq!(done.vm_node.as_deref(), Some("node-b"), "{done:?}");
     guest.moved_whole_to("node-b", before).await;

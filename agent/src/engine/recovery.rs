@@ -35,8 +35,11 @@ const STATS_TRIES: u32 = 4;
 const FIRST_RESUME_AFTER: Duration = Duration::from_secs(2);
 
 /// How long the target must have shown its half failed before it is
-/// asked to resume.
-const TARGET_SETTLE: Duration = Duration::from_secs(5);
+/// asked to resume: its libvirt marks the failure before its QEMU has
+/// paused the incoming stream, and a resume asked in between hangs in
+/// libvirt; a target busy draining what it was sent (a loaded host) takes
+/// seconds more.
+const TARGET_SETTLE: Duration = Duration::from_secs(10);
 
 /// How often the split is looked at between attempts.
 const LOOK_EVERY: Duration = Duration::from_secs(1);
@@ -370,6 +373,7 @@ impl Engine {
                             return Ok(with_recoveries(o, started.elapsed(), episodes));
                         }
                         Ok(o) if o.reason == Some(POST_COPY_LINK_LOST) => {
+                            warn!(migration = %job.id, attempt = n, message = o.message.as_deref().unwrap_or(""), "a post-copy resume ended split again");
                             // A resume that moved data and then broke is a
                             // new loss of the link, not a failed attempt.
                             if job.status().progress.data_processed_bytes > before {
@@ -435,6 +439,7 @@ impl Engine {
             }
             let bytes = job.status().progress.data_processed_bytes;
             if bytes != seen {
+                debug!(migration = %job.id, bytes, "a post-copy resume moves data");
                 (seen, moved_at) = (bytes, Instant::now());
             }
             let watch = watch_resume(
@@ -703,13 +708,13 @@ mod tests {
                 T::PostCopyFailed,
                 target_failed_since(never(), 1),
                 early,
-                Step::Wait(Duration::from_secs(4)),
+                Step::Wait(Duration::from_secs(9)),
             ),
             (
                 "split, the target failed its half long enough ago",
                 S::Split,
                 T::PostCopyFailed,
-                target_failed_since(after(1, 2), 5),
+                target_failed_since(after(1, 2), 10),
                 early,
                 Step::Resume,
             ),
