@@ -5,7 +5,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::CustomResourceExt;
 
-use crate::{Hypervisor, MigrationPolicy, VirtualMachineMigration};
+use crate::{Hypervisor, MigrationPolicy, NodeEvacuation, VirtualMachineMigration};
 
 /// Every kvmotion CRD with the file name it is committed under in `crds/`.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
@@ -16,6 +16,7 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
         ),
         ("migrationpolicies.yaml", MigrationPolicy::crd()),
         ("hypervisors.yaml", Hypervisor::crd()),
+        ("nodeevacuations.yaml", NodeEvacuation::crd()),
     ];
     for (_, crd) in &mut crds {
         for version in &mut crd.spec.versions {

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod client;
 pub mod condition;
 pub mod crds;
+pub mod evacuation;
 pub mod hypervisor;
 pub mod migration;
 pub mod movable;
@@ -16,6 +17,7 @@ mod schema;
 pub mod tuning;
 
 pub use condition::{ConditionReason, ConditionType};
+pub use evacuation::{EvacuationPhase, NodeEvacuation, NodeEvacuationSpec, NodeEvacuationStatus};
 pub use hypervisor::{Hypervisor, HypervisorSpec, HypervisorStatus};
 pub use migration::{
     MigrationMode, VirtualMachineMigration, VirtualMachineMigrationSpec,

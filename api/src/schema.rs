@@ -45,6 +45,21 @@ pub(crate) fn immutability_rule(field: &str, required: bool) -> String {
 /// property (so the rejection names the field), except request fields.
 /// Deriving the list from the schema means a new field is covered unasked.
 pub(crate) fn migration_spec_immutable(schema: &mut Schema) {
+    immutable_except(schema, "migration", MIGRATION_REQUEST_FIELDS);
+}
+
+/// Spec fields of an evacuation that may change after creation: a dry run
+/// may be turned into the real one.
+pub(crate) const EVACUATION_REQUEST_FIELDS: &[&str] = &["dryRun"];
+
+/// schemars transform for the evacuation spec, like the migration's.
+pub(crate) fn evacuation_spec_immutable(schema: &mut Schema) {
+    immutable_except(schema, "evacuation", EVACUATION_REQUEST_FIELDS);
+}
+
+/// One immutability rule per spec property of a `kind` object, except the
+/// `mutable` ones.
+fn immutable_except(schema: &mut Schema, kind: &str, mutable: &[&str]) {
     let required: Vec<String> = schema
         .get("required")
         .and_then(Value::as_array)
@@ -59,10 +74,7 @@ pub(crate) fn migration_spec_immutable(schema: &mut Schema) {
         .and_then(Value::as_object)
         .map(|p| p.keys().cloned().collect())
         .unwrap_or_default();
-    for field in fields
-        .iter()
-        .filter(|f| !MIGRATION_REQUEST_FIELDS.contains(&f.as_str()))
-    {
+    for field in fields.iter().filter(|f| !mutable.contains(&f.as_str())) {
         // A field with a default is always present once stored, like a required one.
         let defaulted = schema
             .get("properties")
@@ -70,7 +82,7 @@ pub(crate) fn migration_spec_immutable(schema: &mut Schema) {
             .is_some_and(|p| p.get("default").is_some());
         let rule = immutability_rule(field, required.contains(field) || defaulted);
         let message = format!(
-            "spec.{field} is immutable once the migration is created; delete it and create a new one to change it"
+            "spec.{field} is immutable once the {kind} is created; delete it and create a new one to change it"
         );
         push_rule(schema, &rule, &message, Some(&format!(".{field}")));
     }

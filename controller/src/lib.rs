@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod evacuation;
 #[cfg(test)]
 mod fixtures;
 pub mod http;

@@ -155,6 +155,12 @@ pub fn check(
             format!("{} is {:?}: {}", d.name, d.state, no.needed),
         ));
     }
+    disk_plan(d, storage)
+}
+
+/// Which of the domain's disks are copied under `storage`; refused when a
+/// local disk would need copying and `storage` forbids it.
+pub fn disk_plan(d: &DomainInfo, storage: StorageMode) -> Result<Vec<DiskPlan>, Refusal> {
     let plan: Vec<DiskPlan> = d
         .disks
         .iter()

@@ -1,7 +1,8 @@
 //! The concurrency gate: whether a pending migration may start now, under
 //! its policy's limits per cluster, outbound per node and inbound per node.
-//! Migrations start in creation order: older waiting migrations that need
-//! the same capacity are counted ahead of this one. Pure.
+//! Migrations start in queue order (an evacuation's first, then by
+//! creation): waiting migrations ahead that need the same capacity are
+//! counted before this one. Pure.
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ pub fn admit(
     others: &[Arc<Flight>],
     limits: &ConcurrencyLimits,
 ) -> Result<(), String> {
-    let ahead = |f: &&Flight| f.is_waiting() && (f.created, &f.name) < (me.created, &me.name);
+    let ahead = |f: &&Flight| f.is_waiting() && f.queue_key() < me.queue_key();
     let relevant: Vec<&Flight> = others
         .iter()
         .map(|f| &**f)
@@ -89,6 +90,7 @@ mod tests {
             vm_uuid: None,
             source: Some(src.into()),
             target: Some(dst.into()),
+            evacuation: false,
         }
     }
 
@@ -199,5 +201,18 @@ mod tests {
         let twin = f("a", 100, None, "c", "d");
         assert!(admit(&me, &[Arc::new(twin.clone())], &limits(1, 5, 5)).is_err());
         assert!(admit(&twin, &[Arc::new(me)], &limits(1, 5, 5)).is_ok());
+    }
+
+    #[test]
+    fn an_evacuations_migration_waits_ahead_of_older_user_migrations() {
+        let user = f("user", 100, None, "x", "y");
+        let mut evac = f("evac", 200, None, "a", "b");
+        evac.evacuation = true;
+        let one = limits(1, 5, 5);
+        assert!(admit(&evac, &[Arc::new(user.clone())], &one).is_ok());
+        assert!(admit(&user, &[Arc::new(evac.clone())], &one).is_err());
+        // Running migrations keep their capacity: priority is for the queue.
+        let running = f("running", 50, Some(Phase::Migrating), "x", "y");
+        assert!(admit(&evac, &[Arc::new(running)], &one).is_err());
     }
 }

@@ -19,8 +19,29 @@ pub fn set(
     generation: i64,
     now: Time,
 ) {
+    set_named(
+        conditions,
+        type_.as_str(),
+        status,
+        reason,
+        message,
+        generation,
+        now,
+    )
+}
+
+/// [`set`] for a condition type of another kind (an evacuation's).
+pub fn set_named(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: i64,
+    now: Time,
+) {
     let status = if status { "True" } else { "False" }.to_string();
-    let existing = conditions.iter_mut().find(|c| c.type_ == type_.as_str());
+    let existing = conditions.iter_mut().find(|c| c.type_ == type_);
     match existing {
         Some(c) => {
             if c.status != status {
@@ -32,7 +53,7 @@ pub fn set(
             c.observed_generation = Some(generation);
         }
         None => conditions.push(Condition {
-            type_: type_.as_str().into(),
+            type_: type_.into(),
             status,
             reason: reason.into(),
             message,

@@ -168,7 +168,7 @@ impl Context {
         let flights = self.flights();
         let active = flights.iter().filter(|f| f.is_active()).count();
         let mut waiting: Vec<&Arc<Flight>> = flights.iter().filter(|f| f.is_waiting()).collect();
-        waiting.sort_by(|a, b| (a.created, &a.name).cmp(&(b.created, &b.name)));
+        waiting.sort_by(|a, b| a.queue_key().cmp(&b.queue_key()));
         let resource = ApiResource::erase::<VirtualMachineMigration>(&());
         let n = capacity::wake_count(per_cluster, active, WAKE_BATCH);
         for f in waiting.into_iter().take(n) {

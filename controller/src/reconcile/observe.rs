@@ -20,6 +20,8 @@ pub struct Observed {
     pub uid: String,
     /// Creation time.
     pub created: Timestamp,
+    /// Created by a NodeEvacuation (queued first).
+    pub evacuation: bool,
     /// Set once deletion was requested.
     pub deleting_since: Option<Timestamp>,
     /// `metadata.generation`.
@@ -116,6 +118,7 @@ pub fn observe(obj: &DynamicObject) -> Observed {
         name,
         uid: obj.metadata.uid.clone().unwrap_or_default(),
         created: super::world::created(&obj.metadata),
+        evacuation: super::world::from_evacuation(&obj.metadata),
         deleting_since: obj.metadata.deletion_timestamp.as_ref().map(|t| t.0),
         generation: obj.metadata.generation.unwrap_or(0),
         spec,

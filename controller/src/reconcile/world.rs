@@ -48,9 +48,18 @@ pub struct Flight {
     pub source: Option<String>,
     /// Target node, when known.
     pub target: Option<String>,
+    /// Created by a NodeEvacuation: queued ahead of users' migrations, as
+    /// the node is to be emptied for maintenance.
+    pub evacuation: bool,
 }
 
 impl Flight {
+    /// Its place in the queue for capacity: evacuations first, then by
+    /// creation, then by name.
+    pub fn queue_key(&self) -> (bool, Timestamp, &str) {
+        (!self.evacuation, self.created, &self.name)
+    }
+
     /// True while the migration holds capacity (Scheduling to Finalizing).
     pub fn is_active(&self) -> bool {
         match self.phase {
@@ -99,6 +108,7 @@ impl Flight {
             vm_uuid: None,
             source: None,
             target: None,
+            evacuation: obs.evacuation,
         }
     }
 
@@ -125,8 +135,16 @@ impl Flight {
             vm_uuid: either("/status/vm/uuid", "/spec/vm/uuid"),
             source: either("/status/sourceNode", "/spec/sourceNode"),
             target: either("/status/targetNode", "/spec/targetNode"),
+            evacuation: from_evacuation(&obj.metadata),
         }
     }
+}
+
+/// Whether a NodeEvacuation created the object (it carries its label).
+pub fn from_evacuation(meta: &kube::api::ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .is_some_and(|l| l.contains_key(kvmotion_api::evacuation::EVACUATION_LABEL))
 }
 
 /// When an object was created (the epoch when the API server has not said).
@@ -217,6 +235,7 @@ mod tests {
             vm_uuid: uuid.map(Into::into),
             source: source.map(Into::into),
             target: None,
+            evacuation: false,
         }
     }
 

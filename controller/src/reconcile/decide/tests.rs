@@ -107,6 +107,7 @@ impl Obs {
             name: "m".into(),
             uid: "uid-m".into(),
             created: ago(100),
+            evacuation: false,
             deleting_since: None,
             generation: 1,
             spec: Ok(spec()),
@@ -186,6 +187,7 @@ pub(super) fn other(name: &str, phase: Phase, created: Timestamp, vm: &str) -> F
         vm_uuid: None,
         source: Some("c".into()),
         target: Some("d".into()),
+        evacuation: false,
     }
 }
 
