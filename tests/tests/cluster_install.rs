@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use kvmotion_tests::cluster::{Release, get_json, placement};
 use kvmotion_tests::e2e::condition;
+use kvmotion_tests::eventually;
 use kvmotion_tests::lab::{Guest, GuestSpec, exclusive};
 use serde_json::json;
 
@@ -33,13 +34,26 @@ async fn helm_install_runs_ready_pods_on_both_nodes_and_they_move_a_guest_live()
             release.describe()
         );
     }
-    let leader = release.leader().expect("a leader holds the Lease");
-    assert!(
-        controllers
-            .iter()
-            .any(|p| p["metadata"]["name"] == leader.as_str()),
-        "the Lease names a controller pod: {leader}"
-    );
+    // One of them leads. A Lease left by an earlier release's pod (one
+    // stopped without releasing it) holds until it expires, so allow one
+    // lease duration and a margin.
+    let names: Vec<String> = controllers
+        .iter()
+        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    eventually(
+        Duration::from_secs(30),
+        "a controller pod to lead",
+        || async { release.leader().filter(|h| names.contains(h)) },
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: the Lease names {:?}\n{}",
+            release.leader(),
+            release.describe()
+        )
+    });
 
     // Each agent, from its pod, publishes its node's Hypervisor with the
     // TLS endpoint on the migration network.
