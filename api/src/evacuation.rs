@@ -79,7 +79,7 @@ pub struct NodeEvacuationSpec {
 fn evacuation_spec_rules(schema: &mut schemars::Schema) {
     crate::schema::push_rule(
         schema,
-        "!self.dryRun || oldSelf.dryRun",
+        "!(has(self.dryRun) && self.dryRun) || (has(oldSelf.dryRun) && oldSelf.dryRun)",
         "spec.dryRun cannot be turned on once the evacuation may move VMs; delete it and create a dry run",
         Some(".dryRun"),
     );
@@ -116,6 +116,19 @@ pub enum EvacuationPhase {
 }
 
 impl EvacuationPhase {
+    /// The name as written in status (and used as a metric label).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvacuationPhase::Planning => "Planning",
+            EvacuationPhase::Planned => "Planned",
+            EvacuationPhase::Evacuating => "Evacuating",
+            EvacuationPhase::Completed => "Completed",
+            EvacuationPhase::Blocked => "Blocked",
+            EvacuationPhase::Failed => "Failed",
+            EvacuationPhase::Cancelled => "Cancelled",
+        }
+    }
+
     /// True once the evacuation can no longer change.
     pub fn is_terminal(self) -> bool {
         match self {
@@ -223,4 +236,19 @@ pub struct EvacuationCounts {
     pub pending: u32,
     /// Failed past their retries.
     pub failed: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_phase_is_written_as_its_name() {
+        use EvacuationPhase::*;
+        for phase in [
+            Planning, Planned, Evacuating, Completed, Blocked, Failed, Cancelled,
+        ] {
+            assert_eq!(serde_json::to_value(phase).unwrap(), phase.as_str());
+        }
+    }
 }

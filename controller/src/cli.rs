@@ -71,8 +71,24 @@ pub struct Args {
     #[arg(long, env = "KVMOTION_AGENT_TIMEOUT_SECONDS", default_value_t = 60)]
     pub agent_timeout_seconds: u64,
 
-    /// Only reconcile migrations whose labels match this selector (to
-    /// shard migrations across controllers, or to test in isolation).
+    /// Cordoning a Node labelled `kvmotion.io/evacuate-on-cordon=true`
+    /// creates its NodeEvacuation (`cordon-<node>`); uncordoning deletes it.
+    #[arg(long, env = "KVMOTION_EVACUATE_ON_CORDON")]
+    pub evacuate_on_cordon: bool,
+
+    /// What the evacuations a cordon creates do with a VM that cannot move
+    /// live: Fail (block, listing it) or Offline (move it offline).
+    #[arg(long, env = "KVMOTION_CORDON_LIVE_IMPOSSIBLE", value_enum, default_value_t = CordonLiveImpossible::Fail)]
+    pub cordon_live_impossible: CordonLiveImpossible,
+
+    /// The MigrationPolicy of the evacuations a cordon creates (empty: the
+    /// default policy).
+    #[arg(long, env = "KVMOTION_CORDON_POLICY")]
+    pub cordon_policy: Option<String>,
+
+    /// Only reconcile migrations and evacuations whose labels match this
+    /// selector (to shard them across controllers, or to test in
+    /// isolation). Evacuations a cordon creates carry its `key=value` terms.
     #[arg(long, env = "KVMOTION_MIGRATION_SELECTOR")]
     pub migration_selector: Option<String>,
 
@@ -88,6 +104,24 @@ pub struct Args {
     /// Log format.
     #[arg(long, env = "KVMOTION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// `--cordon-live-impossible`.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CordonLiveImpossible {
+    /// Block the evacuation, listing the VM.
+    Fail,
+    /// Move the VM offline.
+    Offline,
+}
+
+impl From<CordonLiveImpossible> for kvmotion_api::evacuation::LiveImpossible {
+    fn from(c: CordonLiveImpossible) -> Self {
+        match c {
+            CordonLiveImpossible::Fail => Self::Fail,
+            CordonLiveImpossible::Offline => Self::Offline,
+        }
+    }
 }
 
 /// How logs are written.

@@ -9,10 +9,12 @@ pub enum Error {
     /// The Kubernetes client could not be built from the configuration.
     #[error("building the Kubernetes client")]
     BuildClient(#[source] kube::Error),
-    /// Writing a migration's status failed.
-    #[error("writing the status of VirtualMachineMigration {name}")]
+    /// Writing an object's status failed.
+    #[error("writing the status of {kind} {name}")]
     WriteStatus {
-        /// The migration.
+        /// The object's kind.
+        kind: &'static str,
+        /// The object.
         name: String,
         /// The API error.
         #[source]
@@ -29,14 +31,15 @@ pub enum Error {
         #[source]
         source: kube_lease_manager::LeaseManagerError,
     },
-    /// Adding or removing the cancellation finalizer failed.
-    #[error("updating the finalizer of a VirtualMachineMigration")]
+    /// Adding or removing a finalizer (a migration's or an evacuation's) failed.
+    #[error("updating the finalizer of a kvmotion object")]
     Finalizer(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// A deleted migration's job is still stopping; deletion waits.
     /// The status changed since it was read: decided again from the new one.
-    #[error("the status of VirtualMachineMigration {name} changed since it was read")]
+    #[error("the status of {kind} {name} changed since it was read")]
     StatusConflict {
-        /// The migration.
+        /// The object's kind.
+        kind: &'static str,
+        /// The object.
         name: String,
     },
     /// The stored status cannot be read; rewriting it would lose what it
@@ -59,10 +62,53 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// A deleted migration's job is still stopping; deletion waits.
     #[error("cancelling VirtualMachineMigration {name}: waiting for its job to stop")]
     CancelPending {
         /// The migration.
         name: String,
+    },
+    /// Creating a migration for an evacuation failed.
+    #[error("creating VirtualMachineMigration {name} for NodeEvacuation {evacuation}")]
+    CreateMigration {
+        /// The evacuation.
+        evacuation: String,
+        /// The migration.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Deleting (cancelling) an evacuation's migration failed.
+    #[error("cancelling VirtualMachineMigration {name} of NodeEvacuation {evacuation}")]
+    CancelMigration {
+        /// The evacuation.
+        evacuation: String,
+        /// The migration.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Letting go of a running migration (removing the owner reference) failed.
+    #[error("releasing VirtualMachineMigration {name} from NodeEvacuation {evacuation}")]
+    ReleaseMigration {
+        /// The evacuation.
+        evacuation: String,
+        /// The migration.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Creating or deleting the evacuation of a cordoned Node failed.
+    #[error("creating or deleting the evacuation of cordoned Node {node}")]
+    CordonEvacuation {
+        /// The Node.
+        node: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
     },
     /// The agent-API client could not be built.
     #[error("building the agent client")]
@@ -93,6 +139,10 @@ impl Error {
             Error::StatusUnreadable { .. } => "status_unreadable",
             Error::ReadMigration { .. } => "read_migration",
             Error::AgentClient(_) => "agent_client",
+            Error::CreateMigration { .. } => "create_migration",
+            Error::CancelMigration { .. } => "cancel_migration",
+            Error::ReleaseMigration { .. } => "release_migration",
+            Error::CordonEvacuation { .. } => "cordon_evacuation",
         }
     }
 
@@ -106,6 +156,10 @@ impl Error {
             | Error::Finalizer(_)
             | Error::StatusConflict { .. }
             | Error::ReadMigration { .. }
+            | Error::CreateMigration { .. }
+            | Error::CancelMigration { .. }
+            | Error::ReleaseMigration { .. }
+            | Error::CordonEvacuation { .. }
             | Error::CancelPending { .. } => true,
             Error::StatusUnreadable { .. }
             | Error::LoadKubeConfig(_)

@@ -26,6 +26,8 @@ pub struct Metrics {
     status_writes: Counter,
     events_dropped: Counter,
     events_failed: Counter,
+    evacuations: Family<Labels, Counter>,
+    evacuation_moves: Family<Labels, Counter>,
 }
 
 fn phase_histogram() -> Histogram {
@@ -104,6 +106,18 @@ impl Default for Metrics {
             "Events the API server refused or did not answer",
             events_failed.clone(),
         );
+        let evacuations = Family::<Labels, Counter>::default();
+        registry.register(
+            "evacuations",
+            "Node evacuations that ended, by result (Completed, Failed, Cancelled)",
+            evacuations.clone(),
+        );
+        let evacuation_moves = Family::<Labels, Counter>::default();
+        registry.register(
+            "evacuation_migrations_created",
+            "Migrations created by node evacuations, by kind (first attempt, or a re-plan after a failure)",
+            evacuation_moves.clone(),
+        );
         Self {
             registry,
             reconciliations,
@@ -117,6 +131,8 @@ impl Default for Metrics {
             status_writes,
             events_dropped,
             events_failed,
+            evacuations,
+            evacuation_moves,
         }
     }
 }
@@ -185,6 +201,19 @@ impl Metrics {
                 .get_or_create(&[("phase", phase.as_str())])
                 .set(*n);
         }
+    }
+
+    /// Counts an evacuation that reached its end `result`.
+    pub fn evacuation_ended(&self, result: &'static str) {
+        self.evacuations.get_or_create(&[("result", result)]).inc();
+    }
+
+    /// Counts a migration an evacuation created: `first` for a VM's first
+    /// attempt, `replan` for a later one.
+    pub fn evacuation_migration_created(&self, kind: &'static str) {
+        self.evacuation_moves
+            .get_or_create(&[("attempt", kind)])
+            .inc();
     }
 
     /// The metrics in the Prometheus text format.

@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store, reflector};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Client, Config};
 use kvmotion_api::client::{AgentClient, Token};
+use kvmotion_api::evacuation::NodeEvacuation;
 use kvmotion_api::hypervisor::Hypervisor;
 use kvmotion_api::policy::MigrationPolicy;
 use kvmotion_api::{Phase, VirtualMachineMigration};
@@ -20,6 +22,7 @@ use tracing::{debug, info, warn};
 
 use crate::Error;
 use crate::cli::Args;
+use crate::evacuation;
 use crate::http::{self, Health};
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::Metrics;
@@ -95,6 +98,13 @@ pub async fn run(args: Args) -> Result<(), Error> {
         agent_namespace: args.agent_namespace.clone(),
         selector: args.migration_selector.clone(),
         concurrency: args.max_concurrent_reconciles,
+        cordon: args
+            .evacuate_on_cordon
+            .then(|| evacuation::cordon_watch::CordonSettings {
+                labels: evacuation::cordon::labels_for_selector(args.migration_selector.as_deref()),
+                live_impossible: args.cordon_live_impossible.into(),
+                policy: args.cordon_policy.clone(),
+            }),
         // One sink for the process: Events queued in a term that ended are
         // still published, and flushed before the process exits.
         events: EventSink::start(
@@ -150,6 +160,8 @@ struct Setup {
     selector: Option<String>,
     concurrency: u16,
     events: EventSink,
+    /// Set with `--evacuate-on-cordon`.
+    cordon: Option<evacuation::cordon_watch::CordonSettings>,
 }
 
 /// A task of one leadership term. The term's future is dropped when the
@@ -197,11 +209,12 @@ async fn run_controller(
     setup: Setup,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    info!("reconciling VirtualMachineMigrations");
+    info!("reconciling VirtualMachineMigrations and NodeEvacuations");
+    let stop = futures::FutureExt::shared(stop);
     let client = setup.client.clone();
     let resource = ApiResource::erase::<VirtualMachineMigration>(&());
     let policy_changed = Arc::new(tokio::sync::Notify::new());
-    let ((hypervisors, hv_feed), (policies, policy_feed), (leases, lease_feed)) = tokio::join!(
+    let ((hypervisors, hv_feed), (policies, policy_feed), (leases, lease_feed), (nodes, node_feed)) = tokio::join!(
         cache(Api::<Hypervisor>::all(client.clone()), None),
         cache(
             Api::<MigrationPolicy>::all(client.clone()),
@@ -211,6 +224,7 @@ async fn run_controller(
             Api::<Lease>::namespaced(client.clone(), &setup.agent_namespace),
             None
         ),
+        cache(Api::<Node>::all(client.clone()), None),
     );
     let (wake, woken) = futures::channel::mpsc::unbounded();
     let mut watch = watcher::Config::default();
@@ -222,12 +236,13 @@ async fn run_controller(
     let controller = Controller::new_with(migrations_api(&client), watch, resource)
         .with_config(kube::runtime::controller::Config::default().concurrency(setup.concurrency))
         .reconcile_on(woken)
-        .graceful_shutdown_on(stop);
+        .graceful_shutdown_on(stop.clone());
     let stores = Stores {
         migrations: controller.store(),
         hypervisors,
         policies,
         leases,
+        nodes,
     };
     let ctx = Arc::new(Context {
         api: migrations_api(&client),
@@ -261,12 +276,105 @@ async fn run_controller(
     // Locals drop in reverse order: the tasks are aborted, then the gauges
     // zeroed, so a standby never reports migrations in flight.
     let _zero = ZeroInFlight(setup.metrics.clone());
-    let _term = (hv_feed, policy_feed, lease_feed, policy_wakes, gauges);
-    controller
+    let _term = (
+        hv_feed,
+        policy_feed,
+        lease_feed,
+        node_feed,
+        policy_wakes,
+        gauges,
+    );
+    let migrations = controller
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
                 debug!(error = %crate::error::chain(&e), "controller event");
+            }
+        });
+    tokio::join!(migrations, run_evacuations(&setup, stores, stop));
+}
+
+/// The NodeEvacuation controller: woken by its objects and by the
+/// migrations they own.
+async fn run_evacuations<S>(setup: &Setup, stores: Stores, stop: S)
+where
+    S: std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
+{
+    let stop_cordons = stop.clone();
+    let client = setup.client.clone();
+    let mut watch = watcher::Config::default();
+    if let Some(sel) = &setup.selector {
+        watch = watch.labels(sel);
+    }
+    let owned = watcher::Config::default().labels(kvmotion_api::evacuation::EVACUATION_LABEL);
+    let controller = Controller::new(Api::<NodeEvacuation>::all(client.clone()), watch)
+        .owns_with(
+            migrations_api(&client),
+            ApiResource::erase::<VirtualMachineMigration>(&()),
+            owned,
+        )
+        .graceful_shutdown_on(stop);
+    let evacuations = controller.store();
+    let ctx = Arc::new(evacuation::Context {
+        api: Api::all(client.clone()),
+        migrations: migrations_api(&client),
+        evacuations: evacuations.clone(),
+        stores,
+        events: setup.events.clone(),
+        settings: setup.settings.clone(),
+        metrics: setup.metrics.clone(),
+        failures: Default::default(),
+    });
+    let evacuate = controller
+        .run(evacuation::reconcile, evacuation::error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                debug!(error = %crate::error::chain(&e), "evacuation controller event");
+            }
+        });
+    match &setup.cordon {
+        Some(settings) => {
+            let cordons = watch_cordons(&client, evacuations, settings.clone(), stop_cordons);
+            tokio::join!(evacuate, cordons);
+        }
+        None => evacuate.await,
+    }
+}
+
+/// The cordon watch: Nodes, and the evacuations a cordon made (so one
+/// deleted while its node stays cordoned is made again).
+async fn watch_cordons(
+    client: &Client,
+    evacuations: Store<NodeEvacuation>,
+    settings: evacuation::cordon_watch::CordonSettings,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    use evacuation::cordon::CORDON_LABEL;
+    use kube::runtime::reflector::ObjectRef;
+    info!(
+        "evacuating Nodes labelled {} when cordoned",
+        evacuation::cordon::OPT_IN_LABEL
+    );
+    let ctx = Arc::new(evacuation::cordon_watch::CordonContext {
+        api: Api::all(client.clone()),
+        evacuations,
+        settings,
+    });
+    Controller::new(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .watches(
+            Api::<NodeEvacuation>::all(client.clone()),
+            watcher::Config::default().labels(CORDON_LABEL),
+            |e: NodeEvacuation| Some(ObjectRef::<Node>::new(&e.spec.node_name)),
+        )
+        .graceful_shutdown_on(stop)
+        .run(
+            evacuation::cordon_watch::reconcile,
+            evacuation::cordon_watch::error_policy,
+            ctx,
+        )
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                debug!(error = %crate::error::chain(&e), "cordon watch event");
             }
         })
         .await;

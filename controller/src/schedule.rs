@@ -3,7 +3,7 @@
 //! in-flight counts; time is passed in. The same filter checks a target
 //! the user named, so both paths give the same reasons.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,9 @@ pub struct Inputs<'a> {
     pub hypervisors: &'a [Arc<Hypervisor>],
     /// Last heartbeat of each node's agent.
     pub heartbeats: &'a BTreeMap<String, Timestamp>,
+    /// Kubernetes Nodes that are cordoned (`spec.unschedulable`): a node
+    /// being drained takes no VM.
+    pub cordoned: &'a BTreeSet<String>,
     /// Migrations in flight toward each node.
     pub inbound: &'a BTreeMap<String, u32>,
     /// Most migrations in flight toward one node (the policy's limit).
@@ -45,6 +48,8 @@ pub enum Exclusion {
     NotReady,
     /// Cordoned for migrations (`spec.unschedulable`).
     Unschedulable,
+    /// Its Kubernetes Node is cordoned (`kubectl cordon`, a drain).
+    NodeCordoned,
     /// Its agent's heartbeat is missing or stale.
     AgentUnavailable,
     /// Not enough free memory.
@@ -77,7 +82,9 @@ impl Exclusion {
         match self {
             Exclusion::SameNode => ConditionReason::SameNode,
             Exclusion::NotReady => ConditionReason::TargetNotReady,
-            Exclusion::Unschedulable => ConditionReason::TargetUnschedulable,
+            Exclusion::Unschedulable | Exclusion::NodeCordoned => {
+                ConditionReason::TargetUnschedulable
+            }
             Exclusion::AgentUnavailable => ConditionReason::AgentUnavailable,
             Exclusion::InsufficientMemory { .. } => ConditionReason::InsufficientMemory,
             Exclusion::CpuIncompatible { .. } => ConditionReason::CPUIncompatible,
@@ -93,6 +100,7 @@ impl Exclusion {
             Exclusion::SameNode => "it is the source".into(),
             Exclusion::NotReady => "its Hypervisor is not Ready".into(),
             Exclusion::Unschedulable => "it is unschedulable".into(),
+            Exclusion::NodeCordoned => "its Node is cordoned".into(),
             Exclusion::AgentUnavailable => "its agent's heartbeat is stale".into(),
             Exclusion::InsufficientMemory { free } => format!("only {} MiB free", free >> 20),
             Exclusion::CpuIncompatible { arch } => format!("its CPU architecture is {arch}"),
@@ -135,6 +143,9 @@ pub fn exclusion(inp: &Inputs, hv: &Hypervisor) -> Option<Exclusion> {
     }
     if hv.spec.unschedulable {
         return Some(Exclusion::Unschedulable);
+    }
+    if inp.cordoned.contains(&name) {
+        return Some(Exclusion::NodeCordoned);
     }
     let fresh = inp
         .heartbeats
@@ -298,6 +309,8 @@ mod tests {
         Timestamp::from_second(1_800_000_000).unwrap()
     }
 
+    static NOT_CORDONED: BTreeSet<String> = BTreeSet::new();
+
     /// Inputs for checking one node against `source` (4 GiB VM unless said).
     fn inputs<'a>(
         source: &'a Hypervisor,
@@ -309,6 +322,7 @@ mod tests {
             source,
             hypervisors: &[],
             heartbeats: beats,
+            cordoned: &NOT_CORDONED,
             inbound: none,
             inbound_limit: 2,
             selector: None,
@@ -343,6 +357,7 @@ mod tests {
             source: &source,
             hypervisors: &all,
             heartbeats: &beats,
+            cordoned: &NOT_CORDONED,
             inbound: &inbound,
             inbound_limit: 2,
             selector,
@@ -398,6 +413,23 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn a_node_cordoned_in_kubernetes_takes_no_vm() {
+        let source = hv("src", 1, |_| {});
+        let node = hv("n", 32, |_| {});
+        let beats: BTreeMap<String, Timestamp> = [("n".to_string(), now())].into();
+        let none = BTreeMap::new();
+        let cordoned: BTreeSet<String> = ["n".to_string()].into();
+        let inp = Inputs {
+            cordoned: &cordoned,
+            ..inputs(&source, &beats, &none)
+        };
+        let got = exclusion(&inp, &node).unwrap();
+        assert_eq!(got, Exclusion::NodeCordoned);
+        assert_eq!(got.reason().as_str(), "TargetUnschedulable");
+        assert_eq!(exclusion(&inputs(&source, &beats, &none), &node), None);
     }
 
     #[test]

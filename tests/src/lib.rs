@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod control_plane;
 pub mod controller;
 pub mod e2e;
+pub mod evacuation;
 pub mod fleet;
 pub mod http;
 pub mod lab;

@@ -91,7 +91,7 @@ impl Drop for Scope {
         let out = self.cp.kubectl(
             &[
                 "delete",
-                "virtualmachinemigrations,migrationpolicies,hypervisors",
+                "nodeevacuations,virtualmachinemigrations,migrationpolicies,hypervisors",
                 "-l",
                 &selector,
                 "--ignore-not-found",
@@ -104,9 +104,10 @@ impl Drop for Scope {
         }
         // The controller that would cancel them may be gone already: a
         // leftover finalizer must not keep the objects forever.
-        let left = self
-            .cp
-            .kubectl(&["get", "vmm", "-l", &selector, "-o", "name"], None);
+        let left = self.cp.kubectl(
+            &["get", "vmm,nodeevacuations", "-l", &selector, "-o", "name"],
+            None,
+        );
         for obj in left.stdout.lines().filter(|l| !l.trim().is_empty()) {
             let _ = self.cp.kubectl(
                 &[

@@ -197,3 +197,66 @@ async fn force_complete_may_be_requested_after_creation() {
     );
     assert_eq!(out.stdout, "true");
 }
+
+#[tokio::test]
+async fn an_evacuations_node_is_immutable_and_a_dry_run_may_only_be_turned_off() {
+    let scope = Scope::new("evacuation-immutable");
+    let (obj, name) = scope.adopt(
+        &serde_json::json!({
+            "apiVersion": "kvmotion.io/v1alpha1",
+            "kind": "NodeEvacuation",
+            "metadata": {"name": "what-if"},
+            "spec": {"nodeName": "node-z", "dryRun": true},
+        })
+        .to_string(),
+    );
+    let out = scope.kubectl(&["create", "-f", "-"], Some(&obj.to_string()));
+    assert!(out.ok, "creating {name}: {}", out.stderr);
+    let patch = |p: serde_json::Value| {
+        scope.kubectl(
+            &[
+                "patch",
+                "nevac",
+                &name,
+                "--type=merge",
+                "-p",
+                &p.to_string(),
+            ],
+            None,
+        )
+    };
+    let out = patch(serde_json::json!({"spec": {"nodeName": "node-y"}}));
+    assert!(!out.ok, "the node changed");
+    assert!(
+        out.stderr.contains("spec.nodeName is immutable"),
+        "{}",
+        out.stderr
+    );
+    let out = patch(serde_json::json!({"spec": {"dryRun": false}}));
+    assert!(out.ok, "turning the dry run off: {}", out.stderr);
+    let out = patch(serde_json::json!({"spec": {"dryRun": true}}));
+    assert!(!out.ok, "the dry run came back on");
+    assert!(out.stderr.contains("spec.dryRun"), "{}", out.stderr);
+
+    // An evacuation created without dryRun takes metadata changes (the
+    // controller's finalizer): the rule copes with the absent field.
+    let (obj, plain) = scope.adopt(
+        &serde_json::json!({
+            "apiVersion": "kvmotion.io/v1alpha1",
+            "kind": "NodeEvacuation",
+            "metadata": {"name": "plain"},
+            "spec": {"nodeName": "node-z"},
+        })
+        .to_string(),
+    );
+    let out = scope.kubectl(&["create", "-f", "-"], Some(&obj.to_string()));
+    assert!(out.ok, "creating {plain}: {}", out.stderr);
+    for finalizers in [
+        serde_json::json!(["example.com/hold"]),
+        serde_json::Value::Null,
+    ] {
+        let p = serde_json::json!({"metadata": {"finalizers": finalizers}}).to_string();
+        let out = scope.kubectl(&["patch", "nevac", &plain, "--type=merge", "-p", &p], None);
+        assert!(out.ok, "setting finalizers {finalizers}: {}", out.stderr);
+    }
+}

@@ -140,7 +140,8 @@ fn the_agent_publishes_hypervisors_renews_leases_reviews_tokens_and_never_touche
 }
 
 #[test]
-fn the_controller_drives_migrations_and_reads_inventories_and_may_do_nothing_else() {
+fn the_controller_drives_migrations_and_evacuations_and_reads_inventories_and_may_do_nothing_else()
+{
     let ns = Some(NAMESPACE);
     assert_can_i(
         CONTROLLER,
@@ -174,8 +175,17 @@ fn the_controller_drives_migrations_and_reads_inventories_and_may_do_nothing_els
             q("update", "leases", None, ns, true),
             q("list", "leases", None, ns, true),
             q("update", "leases", None, Some("default"), false),
-            q("create", "virtualmachinemigrations", None, None, false),
-            q("delete", "virtualmachinemigrations", None, None, false),
+            // An evacuation's own migrations: created, cancelled, released.
+            q("create", "virtualmachinemigrations", None, None, true),
+            q("delete", "virtualmachinemigrations", None, None, true),
+            q("watch", "nodeevacuations", None, None, true),
+            q("patch", "nodeevacuations", None, None, true),
+            q("patch", "nodeevacuations", Some("status"), None, true),
+            q("update", "nodeevacuations", Some("finalizers"), None, true),
+            q("create", "nodeevacuations", None, None, false),
+            q("delete", "nodeevacuations", None, None, false),
+            q("watch", "nodes", None, None, true),
+            q("patch", "nodes", None, None, false),
             q("delete", "hypervisors", None, None, false),
             q("patch", "hypervisors", None, None, false),
             q("patch", "hypervisors", Some("status"), None, false),

@@ -297,6 +297,16 @@ fn evacuating(obs: &Observed, d: &mut Decision, now: Timestamp) {
             continue;
         };
         let seen = obs.migrations.get(&name);
+        if seen.is_none() && m.migration_phase.is_none() {
+            // Recorded but never seen: its creation failed after the
+            // status write, or the cache trails it. Created again; a
+            // second create of an existing one changes nothing.
+            d.create.push(NewMigration {
+                name,
+                planned: m.clone(),
+            });
+            continue;
+        }
         // A migration that vanished (deleted by someone) counts as failed.
         m.migration_phase = match seen {
             Some(o) => o.phase,
@@ -322,6 +332,7 @@ fn evacuating(obs: &Observed, d: &mut Decision, now: Timestamp) {
         .iter()
         .filter(|m| m.migration.is_some() && m.migration_phase.is_none_or(|p| !p.is_terminal()))
         .count();
+    let mut gone: Vec<String> = Vec::new();
     for m in d.status.plan.iter_mut() {
         if m.migration.is_some() || m.attempts >= MAX_ATTEMPTS || in_flight >= cap {
             continue;
@@ -337,8 +348,12 @@ fn evacuating(obs: &Observed, d: &mut Decision, now: Timestamp) {
                 m.attempts = MAX_ATTEMPTS;
                 continue;
             }
-            // Gone from the node (moved or deleted by someone else).
-            (None, None) => continue,
+            // Gone from the node (moved, shut off or deleted by someone
+            // else): nothing left to move.
+            (None, None) => {
+                gone.push(m.uuid.clone());
+                continue;
+            }
         }
         m.attempts += 1;
         let name = migration_name(&obs.name, m, m.attempts);
@@ -350,6 +365,7 @@ fn evacuating(obs: &Observed, d: &mut Decision, now: Timestamp) {
         });
         in_flight += 1;
     }
+    d.status.plan.retain(|m| !gone.contains(&m.uuid));
     d.status.counts = Some(counts(&d.status.plan, 0));
     let unsettled = d.status.plan.iter().any(|m| {
         let running = m.migration.is_some() && m.migration_phase.is_none_or(|p| !p.is_terminal());

@@ -100,6 +100,28 @@ impl Obs {
         );
         self
     }
+    /// A plan entry not dispatched yet.
+    fn planned(mut self, vm: &str) -> Obs {
+        self.0.status.plan.push(mv(vm, "node-b"));
+        self
+    }
+    /// A plan entry whose migration was recorded but has not been seen.
+    fn recorded(mut self, vm: &str) -> Obs {
+        let mut m = mv(vm, "node-b");
+        m.attempts = 1;
+        m.migration = Some(migration_name("evac", &m, 1));
+        self.0.status.plan.push(m);
+        self
+    }
+    /// A plan entry whose migration was seen in `phase` and is gone now.
+    fn vanished(mut self, vm: &str, phase: Phase) -> Obs {
+        let mut m = mv(vm, "node-b");
+        m.attempts = 1;
+        m.migration = Some(migration_name("evac", &m, 1));
+        m.migration_phase = Some(phase);
+        self.0.status.plan.push(m);
+        self
+    }
     fn older(mut self, name: &str) -> Obs {
         self.0.older_active = Some(name.into());
         self
@@ -314,6 +336,36 @@ fn each_phase_leads_to_its_decision() {
             none.clone(),
         ),
         (
+            "a planned VM that left the node by other means is dropped",
+            Obs::new(Some(E::Evacuating))
+                .running(&["y"])
+                .planned("x")
+                .moving("y", 1, Some(P::Migrating)),
+            Some(E::Evacuating),
+            none.clone(),
+            none.clone(),
+            none.clone(),
+        ),
+        (
+            "recorded, not yet seen: created again (idempotent)",
+            Obs::new(Some(E::Evacuating)).running(&["x"]).recorded("x"),
+            Some(E::Evacuating),
+            vec!["x→node-b"],
+            none.clone(),
+            none.clone(),
+        ),
+        (
+            "seen, then deleted by someone: re-planned as a failure",
+            Obs::new(Some(E::Evacuating))
+                .running(&["x"])
+                .vanished("x", P::Migrating)
+                .fresh(vec![mv("x", "node-c")], vec![]),
+            Some(E::Evacuating),
+            vec!["x→node-c"],
+            none.clone(),
+            none.clone(),
+        ),
+        (
             "deleted: unstarted moves cancelled, started ones released",
             Obs::new(Some(E::Evacuating))
                 .moving("x", 1, Some(P::Pending))
@@ -417,4 +469,16 @@ fn migration_names_are_valid_and_unique_per_attempt() {
     let name = migration_name(&long, &m, 3);
     assert!(name.len() <= 253, "{}", name.len());
     assert!(name.ends_with("-abcdef12-3"), "{name}");
+}
+
+#[test]
+fn a_planned_vm_gone_from_the_node_leaves_the_plan_and_the_rest_completes() {
+    let obs = Obs::new(Some(EvacuationPhase::Evacuating))
+        .planned("x")
+        .moving("y", 1, Some(Phase::Succeeded));
+    let d = decide(&obs.0, now());
+    let vms: Vec<&str> = d.status.plan.iter().map(|m| m.vm.as_str()).collect();
+    assert_eq!(vms, ["y"]);
+    assert_eq!(d.status.phase, Some(EvacuationPhase::Completed));
+    assert_eq!(d.status.counts.as_ref().map(|c| c.total), Some(1));
 }

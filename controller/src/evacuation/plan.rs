@@ -107,6 +107,7 @@ pub fn plan(inp: &Inputs) -> Plan {
         source: inp.source,
         hypervisors: inp.hypervisors,
         heartbeats: inp.heartbeats,
+        cordoned: inp.cordoned,
         inbound: &BTreeMap::new(),
         inbound_limit: u32::MAX,
         selector: inp.selector,
@@ -120,7 +121,6 @@ pub fn plan(inp: &Inputs) -> Plan {
         let why = match schedule::exclusion(&static_inputs, hv) {
             Some(Exclusion::SameNode) => continue,
             Some(e) => Some(e.describe()),
-            None if inp.cordoned.contains(&name) => Some("its Node is cordoned".into()),
             None if inp.evacuating.contains(&name) => Some("it is being evacuated".into()),
             None => None,
         };

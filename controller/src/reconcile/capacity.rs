@@ -90,6 +90,7 @@ mod tests {
             vm_uuid: None,
             source: Some(src.into()),
             target: Some(dst.into()),
+            memory_bytes: None,
             evacuation: false,
         }
     }

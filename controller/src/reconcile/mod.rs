@@ -36,6 +36,9 @@ use decide::{Decision, Settings};
 use observe::Observed;
 use world::{Flight, World};
 
+/// The kind this module reconciles, for messages and writes.
+pub const MIGRATION_KIND: &str = "VirtualMachineMigration";
+
 /// The finalizer that makes deletion cancel an in-flight migration.
 pub const FINALIZER: &str = "kvmotion.io/cancel";
 
@@ -50,6 +53,8 @@ pub struct Stores {
     pub policies: Store<MigrationPolicy>,
     /// The agents' heartbeat Leases.
     pub leases: Store<Lease>,
+    /// Kubernetes Nodes (cordons).
+    pub nodes: Store<k8s_openapi::api::core::v1::Node>,
 }
 
 /// What every reconciliation shares.
@@ -102,6 +107,7 @@ impl Context {
             hypervisors: self.stores.hypervisors.state(),
             policies: self.stores.policies.state(),
             heartbeats: world::heartbeats(self.stores.leases.state().iter().map(|l| &**l)),
+            cordoned: world::cordoned(self.stores.nodes.state().iter().map(|n| &**n)),
             flights: if world::needs_flights(phase) {
                 self.flights()
             } else {
@@ -224,12 +230,31 @@ impl Context {
 /// Reconciles one migration through the finalizer: Apply drives it, Cleanup
 /// cancels it.
 pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Action, Error> {
+    finalized(&ctx.api, FINALIZER, obj, &ctx.metrics, |o, deleting| {
+        let ctx = &ctx;
+        async move { drive(&o, ctx, deleting).await }
+    })
+    .await
+}
+
+/// Runs `drive(object, deleting)` under the finalizer `name` (so that both
+/// branches go through one function) and counts the outcome in metrics.
+pub async fn finalized<K, F, Fut>(
+    api: &Api<K>,
+    name: &str,
+    obj: Arc<K>,
+    metrics: &Metrics,
+    drive: F,
+) -> Result<Action, Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+    F: FnOnce(Arc<K>, bool) -> Fut,
+    Fut: std::future::Future<Output = Result<Action, Error>>,
+{
     let started = Instant::now();
-    let result = finalizer(&ctx.api, FINALIZER, obj, |event| async {
-        match event {
-            Finalizer::Apply(o) => drive(&o, &ctx, false).await,
-            Finalizer::Cleanup(o) => drive(&o, &ctx, true).await,
-        }
+    let result = finalizer(api, name, obj, |event| match event {
+        Finalizer::Apply(o) => drive(o, false),
+        Finalizer::Cleanup(o) => drive(o, true),
     })
     .await
     .map_err(Error::from_finalizer);
@@ -237,8 +262,7 @@ pub async fn reconcile(obj: Arc<DynamicObject>, ctx: Arc<Context>) -> Result<Act
         Ok(_) => "ok",
         Err(e) => e.category(),
     };
-    ctx.metrics
-        .reconciled(label, started.elapsed().as_secs_f64());
+    metrics.reconciled(label, started.elapsed().as_secs_f64());
     result
 }
 
@@ -340,6 +364,7 @@ async fn fresh(ctx: &Context, obs: &Observed) -> Result<(), Error> {
         return Ok(());
     }
     Err(Error::StatusConflict {
+        kind: MIGRATION_KIND,
         name: obs.name.clone(),
     })
 }
@@ -377,7 +402,14 @@ async fn record(
         warn!(migration = %obs.name, from = ?obs.status.phase, to = ?d.status.phase, "refusing to overwrite a terminal phase");
         return Ok(());
     }
-    status::write(&ctx.api, &obs.name, &obs.resource_version, &d.status).await?;
+    status::write(
+        &ctx.api,
+        MIGRATION_KIND,
+        &obs.name,
+        &obs.resource_version,
+        &d.status,
+    )
+    .await?;
     let now = Timestamp::now();
     if d.status.progress != obs.status.progress
         && let Ok(mut m) = ctx.progress_written.lock()
@@ -426,11 +458,16 @@ pub fn error_policy(obj: Arc<DynamicObject>, err: &Error, ctx: Arc<Context>) -> 
         _ => {}
     }
     warn!(migration = %name, category = err.category(), error = %crate::error::chain(err), "reconcile failed");
+    retry(&ctx.failures, name, err)
+}
+
+/// Waits for a change after a permanent error; after a transient one,
+/// backs off by the object's count of consecutive failures.
+pub fn retry(failures: &Mutex<HashMap<String, u32>>, name: String, err: &Error) -> Action {
     if !err.is_transient() {
         return Action::await_change();
     }
-    let attempt = ctx
-        .failures
+    let attempt = failures
         .lock()
         .map(|mut f| {
             let n = f.entry(name).or_insert(0);

@@ -2,7 +2,7 @@
 //! heartbeats and a summary of every other migration, taken from the
 //! controller's watch caches. Built without I/O, so decisions stay pure.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use jiff::Timestamp;
@@ -27,6 +27,8 @@ pub struct World {
     pub heartbeats: BTreeMap<String, Timestamp>,
     /// Every other migration, summarized.
     pub flights: Vec<Arc<Flight>>,
+    /// Kubernetes Nodes that are cordoned.
+    pub cordoned: BTreeSet<String>,
 }
 
 /// What concurrency and uniqueness need to know about one migration.
@@ -48,6 +50,8 @@ pub struct Flight {
     pub source: Option<String>,
     /// Target node, when known.
     pub target: Option<String>,
+    /// The VM's memory, once scheduled: what it will use on the target.
+    pub memory_bytes: Option<u64>,
     /// Created by a NodeEvacuation: queued ahead of users' migrations, as
     /// the node is to be emptied for maintenance.
     pub evacuation: bool,
@@ -108,6 +112,7 @@ impl Flight {
             vm_uuid: None,
             source: None,
             target: None,
+            memory_bytes: None,
             evacuation: obs.evacuation,
         }
     }
@@ -135,6 +140,10 @@ impl Flight {
             vm_uuid: either("/status/vm/uuid", "/spec/vm/uuid"),
             source: either("/status/sourceNode", "/spec/sourceNode"),
             target: either("/status/targetNode", "/spec/targetNode"),
+            memory_bytes: obj
+                .data
+                .pointer("/status/vm/memoryBytes")
+                .and_then(|v| v.as_u64()),
             evacuation: from_evacuation(&obj.metadata),
         }
     }
@@ -170,6 +179,17 @@ pub fn needs_flights(phase: Option<Phase>) -> bool {
         | Some(Phase::Failed)
         | Some(Phase::Cancelled) => false,
     }
+}
+
+/// The Kubernetes Nodes that are cordoned (`spec.unschedulable`).
+pub fn cordoned<'a>(
+    nodes: impl IntoIterator<Item = &'a k8s_openapi::api::core::v1::Node>,
+) -> BTreeSet<String> {
+    nodes
+        .into_iter()
+        .filter(|n| n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true))
+        .filter_map(|n| n.metadata.name.clone())
+        .collect()
 }
 
 /// Heartbeats from the agents' Leases: node → last renewal.
@@ -235,6 +255,7 @@ mod tests {
             vm_uuid: uuid.map(Into::into),
             source: source.map(Into::into),
             target: None,
+            memory_bytes: None,
             evacuation: false,
         }
     }

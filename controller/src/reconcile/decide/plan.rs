@@ -194,6 +194,7 @@ fn inputs<'a>(
         source,
         hypervisors: &obs.world.hypervisors,
         heartbeats: &obs.world.heartbeats,
+        cordoned: &obs.world.cordoned,
         inbound,
         inbound_limit: limit,
         selector: obs

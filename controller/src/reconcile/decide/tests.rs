@@ -122,6 +122,7 @@ impl Obs {
                 policies: vec![],
                 heartbeats,
                 flights: vec![],
+                cordoned: Default::default(),
             },
             reading: Reading::Nothing,
             last_progress_write: None,
@@ -187,6 +188,7 @@ pub(super) fn other(name: &str, phase: Phase, created: Timestamp, vm: &str) -> F
         vm_uuid: None,
         source: Some("c".into()),
         target: Some("d".into()),
+        memory_bytes: None,
         evacuation: false,
     }
 }
