@@ -391,7 +391,14 @@ impl Guest {
             },
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}\nconsole on {node}:\n{}", tail(&self.console(node), 10)))
+        .unwrap_or_else(|e| {
+            let console = self.console(node);
+            panic!(
+                "{e}\nconsole on {node}:\n{}\n{}",
+                tail(&console, 10),
+                reboot(&console, after)
+            )
+        })
     }
 }
 
@@ -424,6 +431,22 @@ pub fn parse_beat(line: &str) -> Option<Beat> {
         seq: seq?,
         boot: boot?,
     })
+}
+
+/// What a console shows around the first heartbeat of another boot than
+/// `after`'s: a guest that restarted prints why before it.
+fn reboot(console: &str, after: Beat) -> String {
+    let lines: Vec<&str> = console.lines().collect();
+    let Some(at) = lines
+        .iter()
+        .position(|l| parse_beat(l).is_some_and(|b| b.boot != after.boot))
+    else {
+        return format!("(no heartbeat of another boot than {:x})", after.boot);
+    };
+    format!(
+        "--- the first heartbeat of another boot, with what came before it ---\n{}",
+        lines[at.saturating_sub(40)..=at].join("\n")
+    )
 }
 
 fn tail(text: &str, n: usize) -> String {

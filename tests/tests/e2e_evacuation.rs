@@ -1,26 +1,51 @@
 //! End to end: a NodeEvacuation empties node-a through the controller and
 //! the lab's agents. A dry run shows the whole plan and moves nothing; the
-//! same object, its dry run turned off, moves every guest; a plan with a
-//! VM that has no place blocks and moves nothing; deleting an evacuation
+//! same object, its dry run turned off, moves every guest; a VM too big
+//! for any target blocks the plan and nothing moves; a VM that cannot move
+//! live moves offline when the spec allows it; deleting an evacuation
 //! cancels the moves that have not started and lets the running one end.
 
 use std::time::Duration;
 
 use kvmotion_tests::e2e::Rig;
 use kvmotion_tests::evacuation;
-use kvmotion_tests::lab::{Guest, GuestSpec, exclusive, lab};
+use kvmotion_tests::lab::{DiskKind, Guest, GuestSpec, exclusive, lab};
 use serde_json::{Value, json};
 
 /// Starts `n` guests on node-a named `prefix-i`, each listed in its
 /// inventory.
 async fn guests(rig: &Rig, prefix: &str, n: usize) -> Vec<Guest> {
+    sized(rig, prefix, &vec![256; n]).await
+}
+
+/// Starts one guest on node-a per size (MiB), named `prefix-i`.
+async fn sized(rig: &Rig, prefix: &str, mib: &[u32]) -> Vec<Guest> {
     let mut out = Vec::new();
-    for i in 0..n {
-        let g = Guest::start("node-a", &format!("{prefix}-{i}"), &GuestSpec::default()).await;
+    for (i, m) in mib.iter().enumerate() {
+        let spec = GuestSpec {
+            memory_mib: *m,
+            ..GuestSpec::default()
+        };
+        let g = Guest::start("node-a", &format!("{prefix}-{i}"), &spec).await;
         rig.wait_inventory("node-a", &g.name).await;
         out.push(g);
     }
     out
+}
+
+fn patch_evacuation(rig: &Rig, name: &str, patch: Value) {
+    let out = rig.scope.kubectl(
+        &[
+            "patch",
+            "nodeevacuation",
+            name,
+            "--type=merge",
+            "-p",
+            &patch.to_string(),
+        ],
+        None,
+    );
+    assert!(out.ok, "patching {name} with {patch}: {}", out.stderr);
 }
 
 fn vms_in(list: &Value) -> Vec<String> {
@@ -40,7 +65,8 @@ fn vms_in(list: &Value) -> Vec<String> {
 async fn a_dry_run_shows_the_plan_and_moves_nothing_then_the_evacuation_moves_every_guest() {
     let _lab = exclusive().await;
     let rig = Rig::start("e2e-evacuation", &[]).await;
-    let guests = guests(&rig, "ev-all", 3).await;
+    // Four guests of different sizes: the plan places the largest first.
+    let guests = sized(&rig, "ev-all", &[192, 320, 256, 384]).await;
     let before: Vec<_> = guests
         .iter()
         .map(|g| g.last_beat("node-a").expect("beating"))
@@ -54,47 +80,45 @@ async fn a_dry_run_shows_the_plan_and_moves_nothing_then_the_evacuation_moves_ev
     let planned = evacuation::wait_phase(&rig.scope, &name, "Planned", Duration::from_secs(60))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", rig.logs()));
-    let names: Vec<String> = guests.iter().map(|g| g.name.clone()).collect();
-    assert_eq!(vms_in(&planned["plan"]), names, "{planned:#}");
-    for m in planned["plan"].as_array().unwrap() {
+    let plan = planned["plan"].as_array().cloned().unwrap_or_default();
+    let order: Vec<u64> = plan
+        .iter()
+        .filter_map(|m| m["memoryBytes"].as_u64())
+        .map(|b| b >> 20)
+        .collect();
+    assert_eq!(order, [384, 320, 256, 192], "largest first: {planned:#}");
+    for (m, g) in plan
+        .iter()
+        .zip([&guests[3], &guests[1], &guests[2], &guests[0]])
+    {
+        assert_eq!(m["vm"], g.name.as_str(), "{planned:#}");
+        assert_eq!(m["uuid"], g.uuid.as_str(), "{planned:#}");
         assert_eq!(m["targetNode"], "node-b", "{planned:#}");
         assert_eq!(m["mode"], "Live", "{planned:#}");
-        assert_eq!(m["memoryBytes"], 256u64 << 20, "{planned:#}");
         assert!(
             m["migration"].is_null(),
             "a dry run creates nothing: {planned:#}"
         );
     }
-    assert_eq!(planned["counts"]["total"], 3, "{planned:#}");
+    assert_eq!(planned["counts"]["total"], 4, "{planned:#}");
     assert!(evacuation::migrations(&rig.scope, &name).is_empty());
     for g in &guests {
         assert_eq!(g.state("node-a").as_deref(), Some("running"));
     }
 
     // Carry the plan out: the same object, dryRun off.
-    let out = rig.scope.kubectl(
-        &[
-            "patch",
-            "nodeevacuation",
-            &name,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"dryRun":false}}"#,
-        ],
-        None,
-    );
-    assert!(out.ok, "turning the dry run off: {}", out.stderr);
+    patch_evacuation(&rig, &name, json!({"spec": {"dryRun": false}}));
     let done = evacuation::wait_phase(&rig.scope, &name, "Completed", Duration::from_secs(300))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", rig.logs()));
-    assert_eq!(done["counts"]["moved"], 3, "{done:#}");
+    assert_eq!(done["counts"]["moved"], 4, "{done:#}");
     assert_eq!(done["counts"]["failed"], 0, "{done:#}");
     for m in done["plan"].as_array().unwrap() {
         assert_eq!(m["migrationPhase"], "Succeeded", "{done:#}");
     }
     // Every move is an ordinary migration, owned by the evacuation.
     let owned = evacuation::migrations(&rig.scope, &name);
-    assert_eq!(owned.len(), 3, "{owned:#?}");
+    assert_eq!(owned.len(), 4, "{owned:#?}");
     for m in &owned {
         assert_eq!(
             m["metadata"]["ownerReferences"][0]["kind"],
@@ -123,7 +147,7 @@ async fn a_dry_run_shows_the_plan_and_moves_nothing_then_the_evacuation_moves_ev
     );
     assert!(out.ok, "re-applying: {}", out.stderr);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(evacuation::migrations(&rig.scope, &name).len(), 3);
+    assert_eq!(evacuation::migrations(&rig.scope, &name).len(), 4);
     assert_eq!(
         evacuation::get(&rig.scope, &name)["status"]["phase"],
         "Completed"
@@ -131,29 +155,45 @@ async fn a_dry_run_shows_the_plan_and_moves_nothing_then_the_evacuation_moves_ev
 }
 
 #[tokio::test]
-async fn a_vm_without_a_place_blocks_the_evacuation_and_nothing_moves() {
+async fn a_vm_too_big_for_any_target_blocks_the_evacuation_and_nothing_moves() {
     let _lab = exclusive().await;
     let rig = Rig::start("e2e-evacuation-blocked", &[]).await;
-    let guests = guests(&rig, "ev-blocked", 1).await;
-    let name = evacuation::apply(
-        &rig.scope,
-        "drain-a",
-        json!({
-            "nodeName": "node-a",
-            "targetSelector": {"matchLabels": {"rack": "nowhere"}},
-        }),
+    let small = guests(&rig, "ev-small", 1).await;
+    // A guest larger than node-b's free memory (QEMU allocates lazily, so
+    // it runs on node-a without using it); it need not boot to be planned.
+    let free_mib = free_memory_mib(&rig, "node-b").await;
+    let big = Guest::define(
+        "node-a",
+        "ev-big",
+        &GuestSpec {
+            memory_mib: (free_mib + 1024) as u32,
+            disk: DiskKind::None,
+            ..GuestSpec::default()
+        },
     );
+    lab(&["virsh", "node-a", "start", &big.name]);
+    rig.wait_inventory("node-a", &big.name).await;
+    let name = evacuation::apply(&rig.scope, "drain-a", json!({"nodeName": "node-a"}));
     let blocked = evacuation::wait_phase(&rig.scope, &name, "Blocked", Duration::from_secs(60))
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", rig.logs()));
-    assert_eq!(vms_in(&blocked["unplaceable"]), [guests[0].name.clone()]);
+    assert_eq!(
+        vms_in(&blocked["unplaceable"]),
+        std::slice::from_ref(&big.name),
+        "{blocked:#}"
+    );
     let why = &blocked["unplaceable"][0];
-    assert_eq!(why["reason"], "NoTargetAvailable", "{blocked:#}");
+    assert_eq!(why["reason"], "InsufficientMemory", "{blocked:#}");
+    let message = why["message"].as_str().unwrap_or_default();
     assert!(
-        why["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("node-b: it does not match targetSelector"),
+        message.contains(&format!("ev-big needs {} MiB", free_mib + 1024))
+            && message.contains("node-b: only"),
+        "{blocked:#}"
+    );
+    // The small one had a place, and still nothing moved.
+    assert_eq!(
+        vms_in(&blocked["plan"]),
+        std::slice::from_ref(&small[0].name),
         "{blocked:#}"
     );
     let planned = blocked["conditions"]
@@ -166,8 +206,49 @@ async fn a_vm_without_a_place_blocks_the_evacuation_and_nothing_moves() {
     assert!(evacuation::migrations(&rig.scope, &name).is_empty());
 
     evacuation::delete(&rig.scope, &name);
-    assert_eq!(guests[0].state("node-a").as_deref(), Some("running"));
-    assert_eq!(guests[0].state("node-b"), None);
+    assert_eq!(small[0].state("node-a").as_deref(), Some("running"));
+    assert_eq!(small[0].state("node-b"), None);
+}
+
+/// `node`'s free memory as its Hypervisor reports it, MiB.
+async fn free_memory_mib(rig: &Rig, node: &str) -> u64 {
+    let out = rig.scope.kubectl(
+        &[
+            "get",
+            "hypervisor",
+            node,
+            "-o",
+            "jsonpath={.status.memory.freeBytes}",
+        ],
+        None,
+    );
+    out.stdout
+        .trim()
+        .parse::<u64>()
+        .unwrap_or_else(|e| panic!("{node}'s free memory {:?}: {e}", out.stdout))
+        >> 20
+}
+
+#[tokio::test]
+async fn a_vm_that_cannot_move_live_moves_offline_when_the_spec_allows_it() {
+    let _lab = exclusive().await;
+    let rig = Rig::start("e2e-evacuation-offline", &[]).await;
+    let off = Guest::define("node-a", "ev-off", &GuestSpec::default());
+    rig.wait_inventory("node-a", &off.name).await;
+    let name = evacuation::apply(
+        &rig.scope,
+        "drain-a",
+        json!({"nodeName": "node-a", "liveImpossible": "Offline"}),
+    );
+    let done = evacuation::wait_phase(&rig.scope, &name, "Completed", Duration::from_secs(120))
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", rig.logs()));
+    assert_eq!(done["plan"][0]["vm"], "ev-off", "{done:#}");
+    assert_eq!(done["plan"][0]["mode"], "Offline", "{done:#}");
+    assert_eq!(done["plan"][0]["migrationPhase"], "Succeeded", "{done:#}");
+    assert!(off.defined_on("node-b"), "node-b lacks the definition");
+    assert!(!off.defined_on("node-a"), "node-a still defines it");
+    assert_eq!(off.state("node-b").as_deref(), Some("shut off"));
 }
 
 #[tokio::test]
