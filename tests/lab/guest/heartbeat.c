@@ -4,7 +4,12 @@
  * appears in that node's console log), that it kept running (seq goes on)
  * and that it was not rebooted (boot id unchanged). It also dirties a
  * memory buffer at a set rate, making guests that are easy or hard to
- * migrate. Parameters come from the kernel command line:
+ * migrate, and checks the buffer as it goes: each page must still hold the
+ * stamp of the previous pass, so a move that loses a guest write (a page
+ * the target holds stale) is seen, counted in "bad=" and reported once per
+ * page as "HB corrupt". "pass=" counts the completed passes over the
+ * buffer: pass=0 means the guest is still touching fresh memory.
+ * Parameters come from the kernel command line:
  *   hb.dirty_mib=<MiB to allocate and dirty>    (default 0)
  *   hb.dirty_rate=<MiB per second, 0 = flat out> (default 0)
  *   hb.disk=<block device to stamp each beat into> (optional)
@@ -58,13 +63,14 @@ int main(void) {
     }
     const size_t page = 4096;
     size_t pos = 0;
-    uint8_t stamp = 1;
-    unsigned long seq = 0;
+    uint8_t stamp = 1, prev = 0; /* malloc'd pages read as zero */
+    unsigned long seq = 0, passes = 0, bad = 0;
     double next_beat = now();
     for (;;) {
         double t = now();
         if (t >= next_beat) {
-            printf("HB seq=%lu boot=%08x dirty_mib=%ld rate=%ld\n", seq, boot, dirty_mib, rate_mib);
+            printf("HB seq=%lu boot=%08x dirty_mib=%ld rate=%ld pass=%lu bad=%lu\n", seq, boot,
+                   dirty_mib, rate_mib, passes, bad);
             fflush(stdout);
             if (disk[0]) {
                 int dfd = open(disk, O_WRONLY | O_SYNC);
@@ -87,11 +93,23 @@ int main(void) {
         size_t pages = rate_mib ? (size_t)((rate_mib << 20) / 100 / page) : 4096;
         if (pages == 0) pages = 1;
         for (size_t i = 0; i < pages; i++) {
+            if (buf[pos] != prev) {
+                if (bad < 16) {
+                    printf("HB corrupt page=%zu want=%u got=%u pass=%lu\n", pos / page, prev,
+                           buf[pos], passes);
+                    fflush(stdout);
+                }
+                bad++;
+            }
             buf[pos] = stamp;
             pos += page;
             if (pos >= len) {
                 pos = 0;
-                stamp++;
+                passes++;
+                /* Stamps skip 0, the value of a page never written, so a
+                 * page that a move left zeroed is caught too. */
+                prev = stamp;
+                stamp = stamp == 255 ? 1 : (uint8_t)(stamp + 1);
             }
         }
         if (rate_mib) usleep(10000);
