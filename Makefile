@@ -5,7 +5,7 @@ CARGO ?= cargo
 CP := tests/control-plane
 
 .PHONY: help deps build crds crds-check manifests chart-lint lint unit test demo demo-down integration \
-        bench-agent bench control-plane-build control-plane-up control-plane-down lab-up \
+        bench-agent bench bench-evacuation control-plane-build control-plane-up control-plane-down lab-up \
         lab-down clean images
 
 help: ## List the targets
@@ -70,6 +70,10 @@ bench: ## Controller vs virsh on the lab, and 1,000 migrations on fake agents; w
 	@$(CP)/up.sh && tests/lab/lab.sh up && \
 	  $(CARGO) run --release -q -p kvmotion-tests --bin bench-controller && \
 	  $(CARGO) run --release -q -p kvmotion-tests --bin bench-scale
+
+bench-evacuation: ## Four guests evacuated by a NodeEvacuation vs a sequential virsh loop, and a 100-node fleet's plan time; writes target/bench/evacuation.json
+	@$(CP)/up.sh && tests/lab/lab.sh up && \
+	  $(CARGO) run --release -q -p kvmotion-tests --bin bench-evacuation
 
 control-plane-build: ## Build kube-apiserver, etcd, kubectl and helm (cached outside the clone)
 	$(CP)/build.sh

@@ -76,6 +76,60 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Empty NODE of its VMs: creates its NodeEvacuation, prints the plan
+    /// (each VM's target, mode and memory, and any VM without a place),
+    /// then with --wait a line per VM as its move goes and a summary.
+    #[command(after_help = DRAIN_HELP)]
+    Drain {
+        /// The node to empty.
+        #[arg(value_name = "NODE")]
+        node: String,
+        /// How.
+        #[command(flatten)]
+        args: DrainArgs,
+    },
+}
+
+/// The exit codes of `drain`.
+const DRAIN_HELP: &str = "\
+Exit codes:
+  0  done: the plan places every VM (with --dry-run), the moves started, or (with --wait) the node is empty
+  1  a VM has no place (Blocked), or the evacuation Failed
+  2  usage error
+  3  the evacuation was deleted or cancelled while followed
+  4  the command could not be carried out (cluster unreachable or refusing)";
+
+/// What a drain asks for.
+#[derive(Args, Debug, Clone, Default)]
+pub struct DrainArgs {
+    /// Only plan: print where every VM would go, move nothing, and remove
+    /// the evacuation again.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Follow the moves until the node is empty (or the evacuation fails);
+    /// a Blocked plan is waited on until every VM has a place.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub wait: bool,
+
+    /// Move a VM that cannot move live (shut off, crashed…) offline
+    /// instead of blocking the drain.
+    #[arg(long)]
+    pub offline_if_needed: bool,
+
+    /// The MigrationPolicy of every move; the cluster's default policy when
+    /// omitted.
+    #[arg(long, value_name = "POLICY")]
+    pub policy: Option<String>,
+
+    /// Moves at once from this node, at most (the policy's limits still
+    /// apply).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub max_parallel: Option<u32>,
+
+    /// Label for the evacuation (and its migrations), KEY=VALUE; repeatable.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
 }
 
 /// What a new migration asks for.
@@ -149,6 +203,13 @@ pub enum Request {
         /// Wait until it is gone.
         wait: bool,
     },
+    /// Evacuate a node.
+    Drain {
+        /// The node.
+        node: String,
+        /// How.
+        args: DrainArgs,
+    },
 }
 
 impl Cli {
@@ -162,6 +223,7 @@ impl Cli {
             Some(Command::List { selector }) => Request::List { selector },
             Some(Command::Status { name }) => Request::Status { name },
             Some(Command::Cancel { name, wait }) => Request::Cancel { name, wait },
+            Some(Command::Drain { node, args }) => Request::Drain { node, args },
             // clap requires VM when no subcommand is given.
             None => {
                 return match self.vm {
@@ -262,6 +324,22 @@ mod tests {
                 "Cancel { name: \"m1\", wait: true }",
             ),
             (&["start", "list", "--to", "n"], "Start { vm: \"list\""),
+            (
+                &["drain", "node-a", "--dry-run", "--offline-if-needed"],
+                "Drain { node: \"node-a\", args: DrainArgs { dry_run: true, wait: false, offline_if_needed: true, policy: None, max_parallel: None, labels: [] } }",
+            ),
+            (
+                &[
+                    "drain",
+                    "node-a",
+                    "--wait",
+                    "--policy",
+                    "p",
+                    "--max-parallel",
+                    "2",
+                ],
+                "Drain { node: \"node-a\", args: DrainArgs { dry_run: false, wait: true, offline_if_needed: false, policy: Some(\"p\"), max_parallel: Some(2), labels: [] } }",
+            ),
             (&["--kubeconfig", "/k", "list"], "List { selector: None }"),
             (
                 &["--context", "c", "status", "m1"],
@@ -287,6 +365,10 @@ mod tests {
             &["--wait", "cancel", "m1"],
             &["web-1", "status", "m1"],
             &["list", "--to", "node-b"],
+            &["drain"],
+            &["drain", "node-a", "--dry-run", "--wait"],
+            &["drain", "node-a", "--max-parallel", "0"],
+            &["--to", "node-b", "drain", "node-a"],
         ];
         for args in cases {
             let err = parse(args).expect_err("refused");

@@ -68,9 +68,11 @@ pub enum Error {
         /// Its terminal phase.
         phase: Phase,
     },
-    /// Watching a migration failed repeatedly.
-    #[error("following VirtualMachineMigration {name}")]
-    FollowMigration {
+    /// Watching an object failed repeatedly.
+    #[error("following {kind} {name}")]
+    Follow {
+        /// Its kind.
+        kind: &'static str,
         /// The name.
         name: String,
         /// The last watch error.
@@ -78,10 +80,30 @@ pub enum Error {
         source: kube::runtime::watcher::Error,
     },
     /// The watch stream stopped, which kube's watcher does not do by design.
-    #[error("following VirtualMachineMigration {name}: the watch ended")]
+    #[error("following {kind} {name}: the watch ended")]
     WatchEnded {
+        /// Its kind.
+        kind: &'static str,
         /// The name.
         name: String,
+    },
+    /// The apiserver refused or failed to create the evacuation.
+    #[error("creating an evacuation of node {node}")]
+    CreateEvacuation {
+        /// The node.
+        node: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Removing a dry run's evacuation failed.
+    #[error("deleting NodeEvacuation {name} after its dry run")]
+    DeleteEvacuation {
+        /// The name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
     },
     /// Standard output or error could not be written (e.g. a closed pipe).
     #[error("writing the output")]

@@ -86,6 +86,40 @@ pub struct Args {
     #[arg(long, env = "KVMOTION_CORDON_POLICY")]
     pub cordon_policy: Option<String>,
 
+    /// Guard hypervisor nodes against `kubectl drain` while VMs run there:
+    /// a pod on each node (owned by `--drain-guard-owner`) whose
+    /// PodDisruptionBudget refuses its eviction, deleted by the controller
+    /// once the cordoned node runs no VM.
+    #[arg(long, env = "KVMOTION_DRAIN_GUARD",
+          requires_all = ["drain_guard_owner", "drain_guard_image"])]
+    pub drain_guard: bool,
+
+    /// The controller's Deployment (in `--lease-namespace`), owner of the
+    /// guard pods.
+    #[arg(long, env = "KVMOTION_DRAIN_GUARD_OWNER")]
+    pub drain_guard_owner: Option<String>,
+
+    /// Image of the guard pods: the controller's own.
+    #[arg(long, env = "KVMOTION_DRAIN_GUARD_IMAGE")]
+    pub drain_guard_image: Option<String>,
+
+    /// Pull policy of the guard pods' image.
+    #[arg(
+        long,
+        env = "KVMOTION_DRAIN_GUARD_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
+    pub drain_guard_pull_policy: String,
+
+    /// Image pull secrets of the guard pods (comma-separated).
+    #[arg(long, env = "KVMOTION_DRAIN_GUARD_PULL_SECRETS", value_delimiter = ',')]
+    pub drain_guard_pull_secrets: Vec<String>,
+
+    /// Run as a drain guard pod: hold the place until SIGTERM, nothing else
+    /// (no API access).
+    #[arg(long)]
+    pub guard: bool,
+
     /// Only reconcile migrations and evacuations whose labels match this
     /// selector (to shard them across controllers, or to test in
     /// isolation). Evacuations a cordon creates carry its `key=value` terms.

@@ -110,6 +110,28 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Reading, placing or releasing the drain guard of a Node failed.
+    #[error("{action} the drain guard of Node {node}")]
+    DrainGuard {
+        /// What was done: "reading", "placing" or "releasing".
+        action: &'static str,
+        /// The Node.
+        node: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The Deployment that owns the drain guards could not be read.
+    #[error("reading the drain guards' owner, Deployment {namespace}/{name}")]
+    DrainGuardOwner {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
     /// The agent-API client could not be built.
     #[error("building the agent client")]
     AgentClient(#[source] kvmotion_api::client::Error),
@@ -143,6 +165,8 @@ impl Error {
             Error::CancelMigration { .. } => "cancel_migration",
             Error::ReleaseMigration { .. } => "release_migration",
             Error::CordonEvacuation { .. } => "cordon_evacuation",
+            Error::DrainGuard { .. } => "drain_guard",
+            Error::DrainGuardOwner { .. } => "drain_guard_owner",
         }
     }
 
@@ -160,6 +184,8 @@ impl Error {
             | Error::CancelMigration { .. }
             | Error::ReleaseMigration { .. }
             | Error::CordonEvacuation { .. }
+            | Error::DrainGuard { .. }
+            | Error::DrainGuardOwner { .. }
             | Error::CancelPending { .. } => true,
             Error::StatusUnreadable { .. }
             | Error::LoadKubeConfig(_)

@@ -16,6 +16,10 @@ async fn main() -> ExitCode {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
     }
+    if args.guard {
+        kvmotion_controller::run::guard().await;
+        return ExitCode::SUCCESS;
+    }
     match kvmotion_controller::run::run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -105,6 +105,15 @@ pub async fn run(args: Args) -> Result<(), Error> {
                 live_impossible: args.cordon_live_impossible.into(),
                 policy: args.cordon_policy.clone(),
             }),
+        guard: args
+            .drain_guard
+            .then(|| evacuation::guard_watch::GuardSettings {
+                namespace: args.lease_namespace.clone(),
+                owner: args.drain_guard_owner.clone().unwrap_or_default(),
+                image: args.drain_guard_image.clone().unwrap_or_default(),
+                pull_policy: args.drain_guard_pull_policy.clone(),
+                pull_secrets: args.drain_guard_pull_secrets.clone(),
+            }),
         // One sink for the process: Events queued in a term that ended are
         // still published, and flushed before the process exits.
         events: EventSink::start(
@@ -162,6 +171,8 @@ struct Setup {
     events: EventSink,
     /// Set with `--evacuate-on-cordon`.
     cordon: Option<evacuation::cordon_watch::CordonSettings>,
+    /// Set with `--drain-guard`.
+    guard: Option<evacuation::guard_watch::GuardSettings>,
 }
 
 /// A task of one leadership term. The term's future is dropped when the
@@ -301,6 +312,7 @@ where
     S: std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 {
     let stop_cordons = stop.clone();
+    let stop_guards = stop.clone();
     let client = setup.client.clone();
     let mut watch = watcher::Config::default();
     if let Some(sel) = &setup.selector {
@@ -315,6 +327,15 @@ where
         )
         .graceful_shutdown_on(stop);
     let evacuations = controller.store();
+    let guards = setup.guard.clone().map(|settings| {
+        watch_guards(
+            client.clone(),
+            stores.clone(),
+            setup.settings.heartbeat_max_age,
+            settings,
+            stop_guards,
+        )
+    });
     let ctx = Arc::new(evacuation::Context {
         api: Api::all(client.clone()),
         migrations: migrations_api(&client),
@@ -332,13 +353,93 @@ where
                 debug!(error = %crate::error::chain(&e), "evacuation controller event");
             }
         });
-    match &setup.cordon {
-        Some(settings) => {
-            let cordons = watch_cordons(&client, evacuations, settings.clone(), stop_cordons);
-            tokio::join!(evacuate, cordons);
-        }
-        None => evacuate.await,
+    let cordons = setup
+        .cordon
+        .clone()
+        .map(|settings| watch_cordons(&client, evacuations, settings, stop_cordons));
+    tokio::join!(evacuate, optional(cordons), optional(guards));
+}
+
+/// Runs `f` when there is one.
+async fn optional(f: Option<impl std::future::Future<Output = ()>>) {
+    if let Some(f) = f {
+        f.await;
     }
+}
+
+/// The drain guard watch: Nodes, woken by their Hypervisors and their
+/// guard pods too.
+async fn watch_guards(
+    client: Client,
+    stores: Stores,
+    heartbeat_max_age: Duration,
+    settings: evacuation::guard_watch::GuardSettings,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    use evacuation::guard::COMPONENT;
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::runtime::reflector::ObjectRef;
+    // The owner is read once per term; without it no guard is placed
+    // (kubectl drain would refuse a guard that declares no controller).
+    let owner = loop {
+        match evacuation::guard_watch::owner_reference(
+            &client,
+            &settings.namespace,
+            &settings.owner,
+        )
+        .await
+        {
+            Ok(o) => break o,
+            Err(e) => {
+                warn!(error = %crate::error::chain(&e), "drain guards wait for their owner");
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        }
+    };
+    info!(namespace = %settings.namespace, "guarding hypervisor nodes against drains while VMs run there");
+    let ctx = Arc::new(evacuation::guard_watch::GuardContext {
+        pods: Api::namespaced(client.clone(), &settings.namespace),
+        budgets: Api::namespaced(client.clone(), &settings.namespace),
+        hypervisors: stores.hypervisors.clone(),
+        leases: stores.leases.clone(),
+        heartbeat_max_age,
+        owner,
+        settings: settings.clone(),
+    });
+    Controller::new(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .watches(
+            Api::<Hypervisor>::all(client.clone()),
+            watcher::Config::default(),
+            |h: Hypervisor| h.metadata.name.map(|n| ObjectRef::<Node>::new(&n)),
+        )
+        .watches(
+            Api::<Pod>::namespaced(client.clone(), &settings.namespace),
+            watcher::Config::default().labels(&format!("app.kubernetes.io/component={COMPONENT}")),
+            |p: Pod| {
+                p.spec
+                    .and_then(|s| s.node_name)
+                    .map(|n| ObjectRef::<Node>::new(&n))
+            },
+        )
+        .graceful_shutdown_on(stop)
+        .run(
+            evacuation::guard_watch::reconcile,
+            evacuation::guard_watch::error_policy,
+            ctx,
+        )
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                debug!(error = %crate::error::chain(&e), "drain guard event");
+            }
+        })
+        .await;
+}
+
+/// The drain guard pod's whole work: hold its place on the node until
+/// stopped.
+pub async fn guard() {
+    info!("drain guard: holding this node until the controller releases it");
+    shutdown_signal().await;
 }
 
 /// The cordon watch: Nodes, and the evacuations a cordon made (so one

@@ -84,3 +84,20 @@ pub fn write_report(file: &str, report: &serde_json::Value) {
     std::fs::write(dir.join(file), &text).unwrap_or_else(|e| panic!("writing {file}: {e}"));
     println!("{text}");
 }
+
+/// The states of the one object `name` of `api`, as a watch delivers
+/// them: started before the object is created, so no change is missed.
+pub fn watch_one<K>(
+    api: &kube::Api<K>,
+    name: &str,
+) -> impl futures::Stream<Item = Result<K, kube::runtime::watcher::Error>> + use<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    use kube::runtime::{WatchStreamExt, watcher};
+    watcher(
+        api.clone(),
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+    )
+    .applied_objects()
+}

@@ -162,23 +162,28 @@ impl Release {
     /// `helm upgrade --install` with the lab's values; waits until every
     /// pod is Ready (helm --wait).
     pub fn install(test: &str) -> Release {
-        Release::install_with(test, true)
+        Release::install_with(test, true, &[])
     }
 
     /// Like [`Release::install`], reconciling every migration: the
     /// release as an operator has it (the demo).
     pub fn install_unscoped(test: &str) -> Release {
-        Release::install_with(test, false)
+        Release::install_with(test, false, &[])
     }
 
-    fn install_with(test: &str, scoped: bool) -> Release {
+    /// Like [`Release::install`], with more helm arguments (`--set …`).
+    pub fn install_with_values(test: &str, extra: &[&str]) -> Release {
+        Release::install_with(test, true, extra)
+    }
+
+    fn install_with(test: &str, scoped: bool, extra: &[&str]) -> Release {
         let images = nodes();
         let release = Release {
             tag: images.tag.clone(),
             scope: Scope::new(test),
             scoped,
         };
-        release.helm_install(&images.tag, &[]);
+        release.helm_install(&images.tag, extra);
         release
     }
 

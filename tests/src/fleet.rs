@@ -84,6 +84,8 @@ struct State_ {
     running_in: HashMap<String, usize>,
     running: usize,
     peaks: Peaks,
+    /// Nodes whose guests changed since their inventory was last written.
+    changed: std::collections::BTreeSet<String>,
 }
 
 type Shared = Arc<(Mutex<State_>, FleetSpec)>;
@@ -145,6 +147,11 @@ impl Fleet {
             )
             .await;
         }
+        let inventories = tokio::spawn(republish(
+            hv.clone(),
+            format!("http://{addr}"),
+            shared.clone(),
+        ));
         let leases = tokio::spawn(renew_leases(
             Api::namespaced(client, AGENT_NAMESPACE),
             scope.id.clone(),
@@ -154,7 +161,7 @@ impl Fleet {
             shared,
             nodes,
             scope_id: scope.id.clone(),
-            tasks: vec![server, leases],
+            tasks: vec![server, leases, inventories],
         }
     }
 
@@ -231,6 +238,19 @@ async fn publish(hv: &Api<Hypervisor>, scope: &Scope, node: &str, endpoint: &str
     hv.create(&PostParams::default(), &obj)
         .await
         .unwrap_or_else(|e| panic!("creating Hypervisor {node}: {e}"));
+    if let Err(e) = write_inventory(hv, node, endpoint, shared).await {
+        panic!("writing Hypervisor {node} status: {e}");
+    }
+}
+
+/// Writes node's Hypervisor status as an agent would: its guests as the
+/// fleet holds them now.
+async fn write_inventory(
+    hv: &Api<Hypervisor>,
+    node: &str,
+    endpoint: &str,
+    shared: &Shared,
+) -> Result<(), kube::Error> {
     let domains: Vec<DomainInfo> = shared
         .0
         .lock()
@@ -263,7 +283,25 @@ async fn publish(hv: &Api<Hypervisor>, scope: &Scope, node: &str, endpoint: &str
         &Patch::Apply(&status),
     )
     .await
-    .unwrap_or_else(|e| panic!("writing Hypervisor {node} status: {e}"));
+    .map(|_| ())
+}
+
+/// Every second, writes the inventories of the nodes whose guests moved,
+/// as agents do after a migration (an evacuation completes on its node's
+/// inventory).
+async fn republish(hv: Api<Hypervisor>, endpoint: String, shared: Shared) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let changed = std::mem::take(&mut shared.0.lock().expect("fleet state").changed);
+        for node in changed {
+            let endpoint = format!("{endpoint}/n/{node}");
+            if let Err(e) = write_inventory(&hv, &node, &endpoint, &shared).await {
+                eprintln!("writing Hypervisor {node} status: {e}");
+                shared.0.lock().expect("fleet state").changed.insert(node);
+            }
+        }
+    }
 }
 
 /// Renews every node's heartbeat Lease every 5 s.
@@ -367,6 +405,8 @@ fn advance(st: &mut State_, id: &str, job_time: Duration) {
     let (source, target, vm) = (job.source.clone(), job.target.clone(), job.vm.clone());
     if let Some(d) = st.domains.get_mut(&source).and_then(|ds| ds.remove(&vm)) {
         st.domains.entry(target.clone()).or_default().insert(vm, d);
+        st.changed.insert(source.clone());
+        st.changed.insert(target.clone());
     }
     ended(st, &source, &target);
 }

@@ -72,6 +72,32 @@ pub struct ScaleReport {
     pub waited: usize,
 }
 
+/// Creates a MigrationPolicy in `scope` with these limits (per cluster,
+/// outbound per node, inbound per node); returns its name.
+pub fn limits_policy(
+    scope: &Scope,
+    base: &str,
+    (cluster, outbound, inbound): (u32, u32, u32),
+) -> String {
+    let policy = scope.name(base);
+    let out = scope.kubectl(
+        &["apply", "-f", "-"],
+        Some(
+            &json!({
+                "apiVersion": "kvmotion.io/v1alpha1",
+                "kind": "MigrationPolicy",
+                "metadata": {"name": policy, "labels": {SCOPE_LABEL: scope.id}},
+                "spec": {"concurrency": {
+                    "perCluster": cluster, "outboundPerNode": outbound, "inboundPerNode": inbound,
+                }},
+            })
+            .to_string(),
+        ),
+    );
+    assert!(out.ok, "creating the policy: {}", out.stderr);
+    policy
+}
+
 /// Runs `spec` in a fresh scope; panics with the controller's log when
 /// the run cannot be set up.
 pub async fn run(test: &str, spec: &ScaleSpec) -> ScaleReport {
@@ -88,23 +114,7 @@ pub async fn run(test: &str, spec: &ScaleSpec) -> ScaleReport {
         },
     )
     .await;
-    let policy = scope.name("scale");
-    let (cluster, outbound, inbound) = spec.limits;
-    let out = scope.kubectl(
-        &["apply", "-f", "-"],
-        Some(
-            &json!({
-                "apiVersion": "kvmotion.io/v1alpha1",
-                "kind": "MigrationPolicy",
-                "metadata": {"name": policy, "labels": {SCOPE_LABEL: scope.id}},
-                "spec": {"concurrency": {
-                    "perCluster": cluster, "outboundPerNode": outbound, "inboundPerNode": inbound,
-                }},
-            })
-            .to_string(),
-        ),
-    );
-    assert!(out.ok, "creating the policy: {}", out.stderr);
+    let policy = limits_policy(&scope, "scale", spec.limits);
     let args: Vec<&str> = spec.controller_args.iter().map(String::as_str).collect();
     let controller = start_controller(&scope, "scale", &args);
     controller.wait_ready().await;

@@ -43,11 +43,13 @@ fn the_default_render_is_accepted_by_the_api_server() {
 }
 
 #[test]
-fn the_render_with_service_monitors_pdb_and_tls_is_accepted_and_scrapes_the_metrics_services() {
+fn the_render_with_service_monitors_pdb_tls_and_the_drain_guard_is_accepted_and_scrapes_the_metrics_services()
+ {
     let stream = render(&[
         "--set",
         "serviceMonitor.enabled=true,controller.podDisruptionBudget.enabled=true,\
-         tls.enabled=true,tls.secretName=agent-tls,namespace.create=true",
+         tls.enabled=true,tls.secretName=agent-tls,namespace.create=true,\
+         controller.drainGuard.enabled=true,controller.evacuateOnCordon.enabled=true",
     ]);
     // The test API server has no Prometheus Operator CRDs: ServiceMonitors
     // are checked here, everything else by the server.

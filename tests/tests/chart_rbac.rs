@@ -25,6 +25,36 @@ fn rbac_applied() {
     });
 }
 
+/// The controller of a release named `guarded` with evacuate-on-cordon and
+/// the drain guard on, beside the default release.
+const GUARDED: &str = "system:serviceaccount:kvmotion-system:guarded-kvmotion-controller";
+
+/// Applies the RBAC of the `guarded` release, once per test binary.
+fn guarded_rbac_applied() {
+    static APPLIED: OnceLock<()> = OnceLock::new();
+    rbac_applied();
+    APPLIED.get_or_init(|| {
+        let stream = kvmotion_tests::chart::render_release(
+            "guarded",
+            NAMESPACE,
+            &[
+                "--set",
+                "controller.evacuateOnCordon.enabled=true",
+                "--set",
+                "controller.drainGuard.enabled=true",
+                "--show-only",
+                "templates/controller-rbac.yaml",
+            ],
+        );
+        let (_, out) = run("kubectl", &["apply", "-f", "-"], Some(&stream));
+        assert!(
+            out.ok,
+            "applying the guarded release's RBAC: {}",
+            out.stderr
+        );
+    });
+}
+
 /// One `kubectl auth can-i` question: verb, resource, and where.
 struct Question {
     verb: &'static str,
@@ -193,6 +223,68 @@ fn the_controller_drives_migrations_and_evacuations_and_reads_inventories_and_ma
             q("create", "tokenreviews", None, None, false),
             q("get", "secrets", None, ns, false),
             q("get", "secrets", None, None, false),
+        ],
+    );
+}
+
+#[test]
+fn with_evacuate_on_cordon_and_the_drain_guard_the_controller_also_makes_evacuations_and_guards_in_its_namespace_only()
+ {
+    guarded_rbac_applied();
+    let ns = Some(NAMESPACE);
+    assert_can_i(
+        GUARDED,
+        &[
+            q("create", "nodeevacuations", None, None, true),
+            q("delete", "nodeevacuations", None, None, true),
+            q("create", "pods", None, ns, true),
+            q("delete", "pods", None, ns, true),
+            q("watch", "pods", None, ns, true),
+            q("create", "poddisruptionbudgets.policy", None, ns, true),
+            q("delete", "poddisruptionbudgets.policy", None, ns, true),
+            q("create", "pods", None, Some("default"), false),
+            q("create", "pods", None, None, false),
+            q(
+                "create",
+                "poddisruptionbudgets.policy",
+                None,
+                Some("default"),
+                false,
+            ),
+            q("update", "pods", None, ns, false),
+            q("create", "pods", Some("eviction"), ns, false),
+            q("get", "deployments.apps", None, ns, false),
+            q("delete", "deployments.apps", None, ns, false),
+            q("get", "secrets", None, ns, false),
+        ],
+    );
+    // The owner's uid is read from exactly its Deployment.
+    let (code, out) = run(
+        "kubectl",
+        &[
+            "auth",
+            "can-i",
+            "get",
+            "deployments.apps/guarded-kvmotion-controller",
+            "-n",
+            NAMESPACE,
+            "--as",
+            GUARDED,
+        ],
+        None,
+    );
+    assert_eq!(
+        (code, out.stdout.trim()),
+        (Some(0), "yes"),
+        "{}",
+        out.stderr
+    );
+    // The default release's controller gets none of it.
+    assert_can_i(
+        CONTROLLER,
+        &[
+            q("create", "pods", None, ns, false),
+            q("create", "poddisruptionbudgets.policy", None, ns, false),
         ],
     );
 }

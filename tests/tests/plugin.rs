@@ -231,6 +231,101 @@ async fn cancel_aborts_a_running_migration_and_its_follower_exits_cancelled() {
 }
 
 #[tokio::test]
+async fn drain_prints_the_plan_of_a_dry_run_and_leaves_nothing_then_waits_until_the_node_is_empty()
+{
+    let _lab = exclusive().await;
+    let rig = Rig::start("plugin-drain", &[]).await;
+    let cp = rig.scope.cp;
+    let mut guests = Vec::new();
+    for (name, mib) in [("pd-small", 192), ("pd-large", 320)] {
+        let spec = GuestSpec {
+            memory_mib: mib,
+            ..GuestSpec::default()
+        };
+        let g = Guest::start("node-a", name, &spec).await;
+        rig.wait_inventory("node-a", name).await;
+        guests.push(g);
+    }
+    let label = format!("{SCOPE_LABEL}={}", rig.scope.id);
+
+    let dry = run(
+        command(cp, &["drain", "node-a", "--dry-run", "--label", &label]),
+        MIGRATION,
+    )
+    .await;
+    assert_eq!(dry.code, Some(0), "{dry}\n{}", rig.logs());
+    let lines: Vec<&str> = dry.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("nodeevacuation/drain-node-a-") && lines[0].ends_with(" created"),
+        "{dry}"
+    );
+    let header: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(header, ["VM", "MEMORY", "MODE", "TARGET"], "{dry}");
+    // Largest first, both to node-b, live.
+    let rows: Vec<Vec<&str>> = lines[2..4]
+        .iter()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows[0],
+        ["pd-large", "320.0", "MiB", "Live", "node-b"],
+        "{dry}"
+    );
+    assert_eq!(
+        rows[1],
+        ["pd-small", "192.0", "MiB", "Live", "node-b"],
+        "{dry}"
+    );
+    assert_eq!(
+        lines.last(),
+        Some(&"dry run of node-a: nothing moved"),
+        "{dry}"
+    );
+    let left = rig
+        .scope
+        .kubectl(&["get", "nevac", "-l", &label, "-o", "name"], None);
+    assert!(
+        left.ok && left.stdout.trim().is_empty(),
+        "the dry run left {}",
+        left.stdout
+    );
+    let befores: Vec<_> = guests
+        .iter()
+        .map(|g| {
+            assert_eq!(g.state("node-a").as_deref(), Some("running"));
+            g.last_beat("node-a").expect("beating")
+        })
+        .collect();
+
+    let moved = run(
+        command(cp, &["drain", "node-a", "--wait", "--label", &label]),
+        Duration::from_secs(300),
+    )
+    .await;
+    assert_eq!(moved.code, Some(0), "{moved}\n{}", rig.logs());
+    for vm in ["pd-large", "pd-small"] {
+        assert!(
+            moved
+                .stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("{vm}: Succeeded (drain-node-a-"))),
+            "no Succeeded line for {vm}: {moved}"
+        );
+    }
+    assert!(
+        moved
+            .stdout
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("node-a evacuated: 2 VMs moved in ")),
+        "{moved}"
+    );
+    for (g, before) in guests.iter().zip(befores) {
+        g.moved_whole_to("node-b", before).await;
+    }
+}
+
+#[tokio::test]
 async fn unknown_names_and_contexts_are_clear_errors() {
     let scope = Scope::new("plugin-unknown");
     let cp = scope.cp;
@@ -275,12 +370,13 @@ async fn unknown_names_and_contexts_are_clear_errors() {
 #[tokio::test]
 async fn every_command_has_help_and_kubectl_finds_the_plugin() {
     let cp = control_plane();
-    let commands: [&[&str]; 6] = [
+    let commands: [&[&str]; 7] = [
         &["--help"],
         &["start", "--help"],
         &["list", "--help"],
         &["status", "--help"],
         &["cancel", "--help"],
+        &["drain", "--help"],
         &["help", "cancel"],
     ];
     for args in commands {

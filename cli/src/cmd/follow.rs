@@ -30,27 +30,37 @@ pub enum Until {
     Gone,
 }
 
-/// Watches migration `name`, showing its progress line on every change;
-/// returns its last state: terminal when it ended, else the last seen
-/// before it was deleted (if any).
-pub async fn watch(
-    api: &Api<VirtualMachineMigration>,
+/// How watching one object ended.
+pub enum Watched<K> {
+    /// `seen` asked to stop at this state.
+    Stopped(K),
+    /// It was deleted: its last state, if it was seen at all.
+    Gone(Option<K>),
+}
+
+/// Watches the object `name` of `api`, handing each state to `seen` until
+/// it returns true or the object is deleted.
+pub async fn watch_object<K>(
+    api: &Api<K>,
+    kind: &'static str,
     name: &str,
-    until: Until,
-    out: &mut Output,
-) -> Result<Option<Box<VirtualMachineMigration>>, Error> {
+    mut seen: impl FnMut(&K) -> Result<bool, Error>,
+) -> Result<Watched<K>, Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut events = pin!(watcher::watcher(api.clone(), config).default_backoff());
     let mut last = None;
     let mut listed = false;
     let mut errors = 0;
     while let Some(event) = events.next().await {
-        let m = match event {
+        let obj = match event {
             Err(source) => {
                 errors += 1;
                 if errors >= MAX_WATCH_ERRORS || refused(&source) {
                     let name = name.to_string();
-                    return Err(Error::FollowMigration { name, source });
+                    return Err(Error::Follow { kind, name, source });
                 }
                 continue;
             }
@@ -61,30 +71,53 @@ pub async fn watch(
                 continue;
             }
             // A (re)list without the object: it was deleted meanwhile.
-            Ok(Event::InitDone) if !listed => return Ok(last),
+            Ok(Event::InitDone) if !listed => return Ok(Watched::Gone(last)),
             Ok(Event::InitDone) => {
                 errors = 0;
                 continue;
             }
-            Ok(Event::Delete(m)) => return Ok(Some(Box::new(m))),
-            Ok(Event::Apply(m) | Event::InitApply(m)) => {
+            Ok(Event::Delete(obj)) => return Ok(Watched::Gone(Some(obj))),
+            Ok(Event::Apply(obj) | Event::InitApply(obj)) => {
                 errors = 0;
                 listed = true;
-                m
+                obj
             }
         };
-        let ended = phase(&m).is_some_and(Phase::is_terminal);
+        if seen(&obj)? {
+            return Ok(Watched::Stopped(obj));
+        }
+        last = Some(obj);
+    }
+    Err(Error::WatchEnded {
+        kind,
+        name: name.to_string(),
+    })
+}
+
+/// Watches migration `name`, showing its progress line on every change;
+/// returns its last state: terminal when it ended, else the last seen
+/// before it was deleted (if any).
+pub async fn watch(
+    api: &Api<VirtualMachineMigration>,
+    name: &str,
+    until: Until,
+    out: &mut Output,
+) -> Result<Option<Box<VirtualMachineMigration>>, Error> {
+    let watched = watch_object(api, "VirtualMachineMigration", name, |m| {
+        let ended = phase(m).is_some_and(Phase::is_terminal);
         if ended && until == Until::Ended {
-            return Ok(Some(Box::new(m)));
+            return Ok(true);
         }
         // The terminal phase is reported by the caller's summary.
         if !ended {
-            out.progress(&progress_line(&m))?;
+            out.progress(&progress_line(m))?;
         }
-        last = Some(Box::new(m));
-    }
-    Err(Error::WatchEnded {
-        name: name.to_string(),
+        Ok(false)
+    })
+    .await?;
+    Ok(match watched {
+        Watched::Stopped(m) => Some(Box::new(m)),
+        Watched::Gone(m) => m.map(Box::new),
     })
 }
 

@@ -2,6 +2,7 @@
 //! `Output`; what they print is built by `crate::format`.
 
 pub mod cancel;
+pub mod drain;
 pub mod follow;
 pub mod list;
 pub mod start;
@@ -24,6 +25,7 @@ pub async fn run(request: Request, cluster: &ClusterArgs) -> Result<Outcome, Err
         Request::List { selector } => list::list(client, selector.as_deref(), &mut out).await,
         Request::Status { name } => status::status(client, &name, &mut out).await,
         Request::Cancel { name, wait } => cancel::cancel(client, &name, wait, &mut out).await,
+        Request::Drain { node, args } => drain::drain(client, &node, &args, &mut out).await,
     }
 }
 

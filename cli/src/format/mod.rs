@@ -2,6 +2,7 @@
 //! of the time (passed in, so the output is testable).
 
 pub mod describe;
+pub mod evacuation;
 pub mod progress;
 pub mod summary;
 pub mod table;

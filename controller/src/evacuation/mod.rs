@@ -7,6 +7,8 @@ pub mod act;
 pub mod cordon;
 pub mod cordon_watch;
 pub mod decide;
+pub mod guard;
+pub mod guard_watch;
 pub mod observe;
 pub mod plan;
 

@@ -87,6 +87,16 @@ pub fn occupies(state: DomainState) -> bool {
     }
 }
 
+/// The VMs of a node's inventory that keep it from being maintained.
+pub fn occupying(h: &Hypervisor) -> Vec<String> {
+    h.status
+        .iter()
+        .flat_map(|s| s.domains.iter())
+        .filter(|d| occupies(d.state))
+        .map(|d| d.name.clone())
+        .collect()
+}
+
 /// Gathers what `decide` needs about `evac`.
 pub fn observe(
     evac: &NodeEvacuation,
@@ -118,14 +128,7 @@ pub fn observe(
         .hypervisors
         .iter()
         .find(|h| h.metadata.name.as_deref() == Some(node));
-    let running_on_node = source.map(|h| {
-        h.status
-            .iter()
-            .flat_map(|s| s.domains.iter())
-            .filter(|d| occupies(d.state))
-            .map(|d| d.name.clone())
-            .collect()
-    });
+    let running_on_node = source.map(|h| occupying(h));
     let fresh = match source {
         Some(src) => fresh_plan(evac, src, &mine, snap, heartbeat_max_age, now),
         None => Plan::default(),

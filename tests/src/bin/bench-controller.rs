@@ -7,12 +7,11 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use futures::StreamExt;
-use kube::runtime::{WatchStreamExt, watcher};
 
 use kube::Api;
 use kube::api::{ApiResource, DynamicObject, PostParams};
 use kvmotion_api::VirtualMachineMigration;
-use kvmotion_tests::bench::{median, merge_report, rounds, virsh_migrate};
+use kvmotion_tests::bench::{median, merge_report, rounds, virsh_migrate, watch_one};
 use kvmotion_tests::e2e::Rig;
 use kvmotion_tests::lab::{self, Guest, GuestSpec};
 use serde_json::json;
@@ -57,11 +56,7 @@ async fn controller_move(
         "spec": {"vm": {"name": vm}, "targetNode": to},
     }))
     .expect("object");
-    let events = watcher(
-        api.clone(),
-        watcher::Config::default().fields(&format!("metadata.name={name}")),
-    )
-    .applied_objects();
+    let events = watch_one(api, name);
     futures::pin_mut!(events);
     let t = Instant::now();
     api.create(&PostParams::default(), &obj)
