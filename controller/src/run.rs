@@ -264,6 +264,7 @@ async fn run_controller(
         metrics: setup.metrics.clone(),
         failures: Default::default(),
         reservations: Default::default(),
+        ended: Default::default(),
         progress_written: Default::default(),
         wake,
         watched_jobs: Default::default(),
@@ -319,14 +320,34 @@ where
         watch = watch.labels(sel);
     }
     let owned = watcher::Config::default().labels(kvmotion_api::evacuation::EVACUATION_LABEL);
-    let controller = Controller::new(Api::<NodeEvacuation>::all(client.clone()), watch)
-        .owns_with(
-            migrations_api(&client),
-            ApiResource::erase::<VirtualMachineMigration>(&()),
-            owned,
+    let controller = Controller::new(Api::<NodeEvacuation>::all(client.clone()), watch).owns_with(
+        migrations_api(&client),
+        ApiResource::erase::<VirtualMachineMigration>(&()),
+        owned,
+    );
+    let evacuations = controller.store();
+    // A node's inventory changing wakes its evacuations: the one whose
+    // moves all succeeded Completes as soon as the source lists no VM,
+    // and a Blocked plan is made again when a target frees memory.
+    let of_node = evacuations.clone();
+    let controller = controller
+        .watches(
+            Api::<Hypervisor>::all(client.clone()),
+            watcher::Config::default(),
+            move |h: Hypervisor| {
+                let node = h.metadata.name.unwrap_or_default();
+                let all = of_node.state();
+                all.iter()
+                    .filter(|e| {
+                        e.spec.node_name == node
+                            || e.status.as_ref().and_then(|s| s.phase)
+                                == Some(kvmotion_api::evacuation::EvacuationPhase::Blocked)
+                    })
+                    .map(|e| kube::runtime::reflector::ObjectRef::from_obj(&**e))
+                    .collect::<Vec<_>>()
+            },
         )
         .graceful_shutdown_on(stop);
-    let evacuations = controller.store();
     let guards = setup.guard.clone().map(|settings| {
         watch_guards(
             client.clone(),

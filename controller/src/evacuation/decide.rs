@@ -25,8 +25,14 @@ pub const MAX_ATTEMPTS: u32 = 3;
 pub const REPLAN_EVERY: Duration = Duration::from_secs(30);
 
 /// How often a running evacuation looks again besides its migrations'
-/// changes (the node's inventory trailing the last move).
+/// changes.
 pub const LOOK_EVERY: Duration = Duration::from_secs(5);
+
+/// How soon an evacuation whose moves all succeeded looks again while the
+/// node's inventory still lists a moved VM: the agent publishes within
+/// about a second, and the inventory change's own wake-up may reach the
+/// reconcile before the cache it reads.
+pub const CATCH_UP_EVERY: Duration = Duration::from_secs(1);
 
 /// Condition: every VM has a place (False: status.unplaceable says why).
 pub const PLANNED: &str = "Planned";
@@ -400,7 +406,7 @@ fn evacuating(obs: &Observed, d: &mut Decision, now: Timestamp) {
     }
     if moved_all {
         // Every move succeeded and the inventory has not caught up yet.
-        d.next = Next::RequeueAfter(LOOK_EVERY);
+        d.next = Next::RequeueAfter(CATCH_UP_EVERY);
         return;
     }
     let why: Vec<String> = d

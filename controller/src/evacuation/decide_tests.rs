@@ -482,3 +482,21 @@ fn a_planned_vm_gone_from_the_node_leaves_the_plan_and_the_rest_completes() {
     assert_eq!(d.status.phase, Some(EvacuationPhase::Completed));
     assert_eq!(d.status.counts.as_ref().map(|c| c.total), Some(1));
 }
+
+#[test]
+fn an_evacuation_whose_moves_all_succeeded_looks_again_soon_while_the_inventory_trails() {
+    let trailing = Obs::new(Some(EvacuationPhase::Evacuating))
+        .running(&["x"])
+        .moving("x", 1, Some(Phase::Succeeded));
+    assert_eq!(
+        decide(&trailing.0, now()).next,
+        Next::RequeueAfter(CATCH_UP_EVERY)
+    );
+    let moving = Obs::new(Some(EvacuationPhase::Evacuating))
+        .running(&["x"])
+        .moving("x", 1, Some(Phase::Migrating));
+    assert_eq!(
+        decide(&moving.0, now()).next,
+        Next::RequeueAfter(LOOK_EVERY)
+    );
+}

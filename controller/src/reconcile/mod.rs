@@ -77,6 +77,12 @@ pub struct Context {
     /// Capacity granted but not yet visible in the cache, by UID: makes
     /// admission atomic across concurrent reconciles.
     pub reservations: Mutex<HashMap<String, Flight>>,
+    /// Migrations whose terminal status was written but may not be in the
+    /// cache yet, by UID, with that phase: their capacity is free at once,
+    /// so the waiting migrations their end wakes can take it (otherwise a
+    /// woken reconcile reading the cache first sees no room and waits for
+    /// its next recheck, up to 30 s).
+    pub ended: Mutex<HashMap<String, Phase>>,
     /// When progress was last written, by UID.
     pub progress_written: Mutex<HashMap<String, Timestamp>>,
     /// Wakes waiting migrations when capacity frees up, and migrations
@@ -149,6 +155,24 @@ impl Context {
         out
     }
 
+    /// Shows migrations that just ended in their terminal phase, dropping
+    /// those the cache caught up with (or that are gone).
+    fn merge_ended(ended: &mut HashMap<String, Phase>, flights: &mut [Arc<Flight>]) {
+        ended.retain(|uid, _| {
+            flights
+                .iter()
+                .any(|f| &f.uid == uid && !f.phase.is_some_and(Phase::is_terminal))
+        });
+        for f in flights.iter_mut() {
+            if let Some(phase) = ended.get(&f.uid) {
+                *f = Arc::new(Flight {
+                    phase: Some(*phase),
+                    ..(**f).clone()
+                });
+            }
+        }
+    }
+
     /// Counts reservations as active, dropping those the cache caught up with.
     fn merge_reservations(reservations: &mut HashMap<String, Flight>, world: &mut World) {
         reservations.retain(|uid, _| {
@@ -171,7 +195,10 @@ impl Context {
     /// many as could start under `per_cluster` (the ended migration's
     /// cluster limit).
     pub fn wake_waiting(&self, per_cluster: u32) {
-        let flights = self.flights();
+        let mut flights = self.flights();
+        if let Ok(mut ended) = self.ended.lock() {
+            Context::merge_ended(&mut ended, &mut flights);
+        }
         let active = flights.iter().filter(|f| f.is_active()).count();
         let mut waiting: Vec<&Arc<Flight>> = flights.iter().filter(|f| f.is_waiting()).collect();
         waiting.sort_by(|a, b| a.queue_key().cmp(&b.queue_key()));
@@ -378,6 +405,9 @@ fn admit_atomically(ctx: &Context, obs: &mut Observed, now: Timestamp) -> Decisi
     let Ok(mut reservations) = ctx.reservations.lock() else {
         return decide::decide(obs, &ctx.settings, now);
     };
+    if let Ok(mut ended) = ctx.ended.lock() {
+        Context::merge_ended(&mut ended, &mut obs.world.flights);
+    }
     Context::merge_reservations(&mut reservations, &mut obs.world);
     let d = decide::decide(obs, &ctx.settings, now);
     if let Some(me) = &d.admitted {
@@ -422,6 +452,9 @@ async fn record(
     if ended {
         if let Ok(mut m) = ctx.progress_written.lock() {
             m.remove(&obs.uid);
+        }
+        if let (Ok(mut m), Some(phase)) = (ctx.ended.lock(), d.status.phase) {
+            m.insert(obs.uid.clone(), phase);
         }
         let per_cluster = d
             .status
@@ -495,5 +528,43 @@ mod tests {
             .map(|&a| backoff(a).as_secs())
             .collect();
         assert_eq!(got, vec![1, 2, 4, 256, 300, 300]);
+    }
+
+    fn flight(uid: &str, phase: Phase) -> Arc<Flight> {
+        Arc::new(Flight {
+            uid: uid.into(),
+            name: uid.into(),
+            created: Timestamp::UNIX_EPOCH,
+            phase: Some(phase),
+            vm_name: None,
+            vm_uuid: None,
+            source: Some("node-a".into()),
+            target: Some("node-b".into()),
+            memory_bytes: None,
+            evacuation: false,
+        })
+    }
+
+    #[test]
+    fn a_migration_that_just_ended_frees_its_capacity_before_the_cache_shows_it() {
+        let mut ended: HashMap<String, Phase> = [
+            ("a".to_string(), Phase::Succeeded),
+            ("gone".to_string(), Phase::Failed),
+        ]
+        .into();
+        // The cache still shows "a" Finalizing; "gone" is no longer there.
+        let mut flights = vec![
+            flight("a", Phase::Finalizing),
+            flight("b", Phase::Migrating),
+        ];
+        Context::merge_ended(&mut ended, &mut flights);
+        assert_eq!(flights[0].phase, Some(Phase::Succeeded));
+        assert!(!flights[0].is_active());
+        assert_eq!(flights[1].phase, Some(Phase::Migrating));
+        assert_eq!(ended.keys().collect::<Vec<_>>(), ["a"]);
+        // Once the cache shows it ended, the entry goes.
+        let mut flights = vec![flight("a", Phase::Succeeded)];
+        Context::merge_ended(&mut ended, &mut flights);
+        assert!(ended.is_empty());
     }
 }
