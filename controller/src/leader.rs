@@ -130,6 +130,7 @@ where
             .map_err(to_err)
     };
     let (mut leading, mut task) = build().await?.watch().await;
+    let mut last_campaign = tokio::time::Instant::now();
     tokio::pin!(shutdown);
     loop {
         // A standby's manager sleeps until the Lease expires; a leader
@@ -152,9 +153,12 @@ where
                     // Not the holder: nothing to release, only the sleep
                     // to cut short.
                     task.abort();
-                    // Bounds the campaigns when the free Lease cannot be
-                    // taken (the API server refusing).
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    // At once after a release (a replacement pod starting
+                    // meanwhile must not find the Lease free first), but no
+                    // more than one campaign each 500 ms when the free
+                    // Lease cannot be taken (the API server refusing).
+                    tokio::time::sleep_until(last_campaign + Duration::from_millis(500)).await;
+                    last_campaign = tokio::time::Instant::now();
                     (leading, task) = build().await?.watch().await;
                 }
                 continue;

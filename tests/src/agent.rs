@@ -447,9 +447,15 @@ impl Drive {
 
     /// Prepares the target and starts the job; returns the start answer.
     pub async fn start(&self, agents: &Agents) -> (u16, Value) {
-        let target = lab::other(&self.source);
         let (code, prepared) = self.prepare(agents).await;
         assert_eq!(code, 200, "prepare: {prepared}");
+        self.start_with(agents, prepared).await
+    }
+
+    /// Starts the job with the target's answer to a prepare (this drive's
+    /// or another's); returns the start answer.
+    pub async fn start_with(&self, agents: &Agents, prepared: Value) -> (u16, Value) {
+        let target = lab::other(&self.source);
         let start = StartRequest {
             vm: self.vm.clone(),
             target_node: target.to_string(),

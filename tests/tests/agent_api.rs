@@ -189,12 +189,16 @@ async fn impossible_migrations_are_refused_each_with_its_own_reason() {
         .await;
     assert_eq!((code, reason(&body)), (409, "DomainExists"), "{body}");
 
-    // A second migration of a VM that is already moving.
+    // A second migration of a VM that is already moving, refused by the
+    // source (started with the first's target: a prepare of its own could
+    // meet the first's incoming domain on the target, DomainExists, first).
     let first = Drive::new("refusal-first", &guest, "node-a").held_back(20);
-    let (code, body) = first.start(&agents).await;
+    let (code, prepared) = first.prepare(&agents).await;
+    assert_eq!(code, 200, "prepare: {prepared}");
+    let (code, body) = first.start_with(&agents, prepared.clone()).await;
     assert_eq!(code, 200, "{body}");
     let second = Drive::new("refusal-second", &guest, "node-a");
-    let (code, body) = second.start(&agents).await;
+    let (code, body) = second.start_with(&agents, prepared).await;
     assert_eq!((code, reason(&body)), (409, "AlreadyMigrating"), "{body}");
     assert!(
         body["message"]
