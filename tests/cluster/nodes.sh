@@ -93,7 +93,9 @@ pause_image() {
 # A client certificate of the control plane's client CA.
 client_cert() { # client_cert NAME SUBJECT -> $pki/NAME.{crt,key}
   local pki=$CP_STATE/pki
-  [ -f "$pki/$1.crt" ] && return 0
+  # Kept only while the control plane's client CA is the one that signed
+  # it: up.sh makes new CAs each time it starts.
+  openssl verify -CAfile "$pki/client-ca.crt" "$pki/$1.crt" >/dev/null 2>&1 && return 0
   printf 'extendedKeyUsage=clientAuth\n' >"$pki/$1.ext"
   openssl req -newkey rsa:2048 -nodes -subj "$2" -keyout "$pki/$1.key" -out "$pki/$1.csr" 2>/dev/null
   openssl x509 -req -in "$pki/$1.csr" -CA "$pki/client-ca.crt" -CAkey "$pki/client-ca.key" \
