@@ -21,10 +21,15 @@ pub fn median(v: &[f64]) -> f64 {
 /// single rounds scatter from 1.8 to 3.4 s; 8 rounds moved the median by
 /// up to 15 %).
 pub fn rounds() -> usize {
-    std::env::var("KVMOTION_BENCH_ROUNDS")
+    rounds_from("KVMOTION_BENCH_ROUNDS", 20)
+}
+
+/// Rounds from the environment variable `var`, else `default`.
+pub fn rounds_from(var: &str, default: usize) -> usize {
+    std::env::var(var)
         .ok()
         .and_then(|r| r.parse().ok())
-        .unwrap_or(20)
+        .unwrap_or(default)
 }
 
 /// `virsh -c <node's socket>`: no shell or nsenter in the timed path.

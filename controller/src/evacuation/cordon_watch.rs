@@ -15,6 +15,7 @@ use kvmotion_api::migration::PolicyRef;
 use tracing::{info, warn};
 
 use super::cordon::{self, CORDON_LABEL, CordonAction, EvacuationView, NodeView, OPT_IN_LABEL};
+use super::ignore;
 use crate::Error;
 
 /// What the cordon watch shares.
@@ -85,33 +86,23 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<CordonContext>) -> Result<Actio
         CordonAction::Nothing => {}
         CordonAction::Create(name) => {
             let e = evacuation_for(&v.name, &ctx.settings);
-            match ctx.api.create(&PostParams::default(), &e).await {
-                Ok(_) => {
-                    info!(node = %v.name, evacuation = %name, "node cordoned: evacuation created")
+            ignore(ctx.api.create(&PostParams::default(), &e).await, 409).map_err(|source| {
+                Error::CordonEvacuation {
+                    node: v.name.clone(),
+                    source,
                 }
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
-                Err(source) => {
-                    return Err(Error::CordonEvacuation {
-                        node: v.name,
-                        source,
-                    });
-                }
-            }
+            })?;
+            info!(node = %v.name, evacuation = %name, "node cordoned: evacuation created");
         }
         CordonAction::Delete(names) => {
             for name in names {
-                match ctx.api.delete(&name, &DeleteParams::default()).await {
-                    Ok(_) => {
-                        info!(node = %v.name, evacuation = %name, "node uncordoned: evacuation deleted")
-                    }
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(source) => {
-                        return Err(Error::CordonEvacuation {
-                            node: v.name,
-                            source,
-                        });
-                    }
-                }
+                ignore(ctx.api.delete(&name, &DeleteParams::default()).await, 404).map_err(
+                    |source| Error::CordonEvacuation {
+                        node: v.name.clone(),
+                        source,
+                    },
+                )?;
+                info!(node = %v.name, evacuation = %name, "node uncordoned: evacuation deleted");
             }
         }
     }

@@ -28,6 +28,7 @@ use tracing::{info, warn};
 use super::guard::{
     self, COMPONENT, GUARDED_NODE_LABEL, GuardAction, GuardObjects, GuardedNode, guard_name,
 };
+use super::ignore;
 use super::observe::occupying;
 use crate::Error;
 use crate::reconcile::world;
@@ -275,16 +276,6 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<GuardContext>) -> Result<Action
         }
     }
     Ok(Action::requeue(RESYNC))
-}
-
-/// An API call's result with one status code taken as done (a conflict on
-/// create: it exists; not found on delete: it is gone).
-fn ignore<T>(r: Result<T, kube::Error>, code: u16) -> Result<(), kube::Error> {
-    match r {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == code => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 /// Retries after a few seconds: the API server recovers.

@@ -176,6 +176,16 @@ fn reference(e: &NodeEvacuation) -> ObjectReference {
     }
 }
 
+/// An API call's result with one status code taken as done (a conflict on
+/// create: it exists; not found on delete: it is gone).
+pub(crate) fn ignore<T>(r: Result<T, kube::Error>, code: u16) -> Result<(), kube::Error> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == code => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Transient failures retry with backoff; a conflict looks again soon.
 pub fn error_policy(obj: Arc<NodeEvacuation>, err: &Error, ctx: Arc<Context>) -> Action {
     let name = obj.metadata.name.clone().unwrap_or_default();

@@ -12,7 +12,7 @@ use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use kvmotion_api::evacuation::NodeEvacuation;
 use kvmotion_tests::agent::credentials;
-use kvmotion_tests::bench::{median, virsh_migrate, watch_one, write_report};
+use kvmotion_tests::bench::{median, rounds_from, virsh_migrate, watch_one, write_report};
 use kvmotion_tests::e2e::{Rig, start_controller};
 use kvmotion_tests::fleet::{Fleet, FleetSpec};
 use kvmotion_tests::lab::{self, Guest, GuestSpec};
@@ -25,10 +25,7 @@ const SIZES: [u32; 4] = [192, 320, 256, 384];
 /// Rounds: `KVMOTION_BENCH_EVACUATION_ROUNDS`, else 3 (each round starts
 /// four TCG guests, which dominates its time).
 fn rounds() -> usize {
-    std::env::var("KVMOTION_BENCH_EVACUATION_ROUNDS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(3)
+    rounds_from("KVMOTION_BENCH_EVACUATION_ROUNDS", 3)
 }
 
 /// Applies an evacuation of `node` (a dry run when asked) and watches it
