@@ -58,7 +58,9 @@ pub struct MigrationPolicySpec {
 }
 
 /// Limits on migrations in flight (Scheduling through Finalizing).
-/// Migrations over a limit wait in Pending and start in creation order.
+/// Migrations over a limit wait in Pending and start in queue order
+/// (evacuations first, then by creation); one that waits for a full node
+/// does not hold back those bound for other nodes.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConcurrencyLimits {
@@ -82,6 +84,17 @@ fn default_per_cluster() -> u32 {
 
 fn default_per_node() -> u32 {
     2
+}
+
+impl ConcurrencyLimits {
+    /// No limit at all: what a wake-up uses when any migration may start.
+    pub fn unlimited() -> Self {
+        Self {
+            per_cluster: u32::MAX,
+            outbound_per_node: u32::MAX,
+            inbound_per_node: u32::MAX,
+        }
+    }
 }
 
 impl Default for ConcurrencyLimits {

@@ -16,7 +16,7 @@ use kube::{Client, Config};
 use kvmotion_api::client::{AgentClient, Token};
 use kvmotion_api::evacuation::NodeEvacuation;
 use kvmotion_api::hypervisor::Hypervisor;
-use kvmotion_api::policy::MigrationPolicy;
+use kvmotion_api::policy::{ConcurrencyLimits, MigrationPolicy};
 use kvmotion_api::{Phase, VirtualMachineMigration};
 use tracing::{debug, info, warn};
 
@@ -277,7 +277,7 @@ async fn run_controller(
         async move {
             loop {
                 policy_changed.notified().await;
-                ctx.wake_waiting(u32::MAX);
+                ctx.wake_waiting(&ConcurrencyLimits::unlimited());
             }
         }
     }));

@@ -12,7 +12,10 @@
 #
 # Usage: lab.sh up | down | status | exec NODE CMD... | virsh NODE ARGS... |
 #        cut | restore | shape MBIT | unshape | kill-libvirtd NODE |
-#        start-libvirtd NODE | qemu-pid NODE NAME | guest-dir
+#        start-libvirtd NODE | qemu-pid NODE NAME | remove NAME | sweep |
+#        guest-dir
+# `remove` stops guest NAME on both nodes and undefines it, whatever its
+# state; `sweep` does so for every guest (what a failed test left behind).
 # `shape` caps the migration link at MBIT megabits/s each way (tc tbf), so
 # a move lasts long enough to cut it mid-phase; `unshape` lifts the cap.
 set -euo pipefail
@@ -43,6 +46,29 @@ check_node() { [[ " ${NODES[*]} " == *" $1 "* ]] || die "unknown node '$1' (node
 
 # Runs a command inside NODE's namespaces (network, mount, UTS), where the
 # node's libvirt dirs and local image dir are mounted.
+# The PID of guest NAME's QEMU on NODE.
+qemu_pid() {
+  local p
+  for p in $(ip netns pids "$1"); do
+    tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -- "guest=$2," && { echo "$p"; return 0; }
+  done
+  return 1
+}
+# Stops guest NAME on NODE and removes its definition, whatever state a
+# failed test left it in: its migration job is aborted first (a job holds
+# the domain's lock, and destroy would time out waiting for it), and a
+# QEMU that destroy could not stop is killed.
+remove_guest() {
+  local node=$1 name=$2 pid
+  alive "$node" || return 0
+  node_exec "$node" virsh domjobabort "$name" >/dev/null 2>&1 || true
+  node_exec "$node" virsh domjobabort --postcopy "$name" >/dev/null 2>&1 || true
+  if ! node_exec "$node" virsh destroy "$name" >/dev/null 2>&1 && pid=$(qemu_pid "$node" "$name"); then
+    kill -9 "$pid" 2>/dev/null || true
+    sleep 1
+  fi
+  node_exec "$node" virsh undefine "$name" >/dev/null 2>&1 || true
+}
 node_exec() {
   local node=$1; shift
   alive "$node" || die "$node's libvirtd is not running (lab.sh up)"
@@ -228,10 +254,16 @@ case "${1:-}" in
   # The pid of the QEMU that runs guest NAME on NODE (both nodes' QEMUs of
   # one guest carry the same name; the network namespace tells them apart).
   qemu-pid) shift; check_node "${1:-}"; [[ -n "${2:-}" ]] || die "qemu-pid needs NODE NAME"
-    for p in $(ip netns pids "$1"); do
-      tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null | grep -q -- "guest=$2," && { echo "$p"; exit 0; }
-    done
-    die "no QEMU of $2 on $1" ;;
+    qemu_pid "$1" "$2" || die "no QEMU of $2 on $1" ;;
+  remove) shift; [[ -n "${1:-}" ]] || die "remove needs NAME"
+    for node in "${NODES[@]}"; do remove_guest "$node" "$1"; done ;;
+  sweep)
+    for node in "${NODES[@]}"; do
+      alive "$node" || continue
+      for name in $(node_exec "$node" virsh list --all --name 2>/dev/null); do
+        remove_guest "$node" "$name"; echo "$node/$name"
+      done
+    done ;;
   guest-dir) cat "$LAB/guest-dir" ;;
   *) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

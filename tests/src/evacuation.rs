@@ -78,3 +78,28 @@ pub fn delete(scope: &Scope, name: &str) {
     );
     assert!(out.ok, "deleting {name}: {}", out.stderr);
 }
+
+/// One of the evacuation's moves mid-transfer and another waiting: the
+/// names of the moving migration, its VM and the waiting migration, once
+/// data flows, or why that was not seen within `within`.
+pub async fn one_moving_one_waiting(
+    scope: &Scope,
+    name: &str,
+    within: Duration,
+) -> Result<(String, String, String), String> {
+    let text = |m: &Value, at: &str| m.pointer(at).and_then(Value::as_str).map(str::to_string);
+    eventually(within, "one move running and one waiting", || async {
+        let ms = migrations(scope, name);
+        let phase = |p: &str| ms.iter().find(|m| m["status"]["phase"] == p);
+        let moving = phase("Migrating")?;
+        let waiting = phase("Pending")?;
+        (moving["status"]["progress"]["dataProcessedBytes"].as_u64()? > 0).then_some(())?;
+        Some((
+            text(moving, "/metadata/name")?,
+            text(moving, "/spec/vm/name")?,
+            text(waiting, "/metadata/name")?,
+        ))
+    })
+    .await
+    .map_err(|e| e.to_string())
+}

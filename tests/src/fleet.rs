@@ -304,13 +304,13 @@ async fn republish(hv: Api<Hypervisor>, endpoint: String, shared: Shared) {
     }
 }
 
-/// Renews every node's heartbeat Lease every 5 s.
+/// Renews every node's heartbeat Lease every 10 s, as a real agent does.
 async fn renew_leases(
     api: Api<k8s_openapi::api::coordination::v1::Lease>,
     scope: String,
     nodes: Vec<String>,
 ) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
         tick.tick().await;
         let now = jiff::Timestamp::now()

@@ -148,6 +148,15 @@ pub async fn exclusive() -> LabLock {
         .await
         .expect("the lock task")
         .unwrap_or_else(|e| panic!("locking {}: {e}", path.display()));
+    // Every guest belongs to a test holding this lock: one that exists now
+    // was left by a test that failed, and would slow every test after it.
+    let (_, strays) = lab_try(&["sweep"]);
+    if !strays.trim().is_empty() {
+        eprintln!(
+            "removed guests an earlier test left behind: {}",
+            strays.trim()
+        );
+    }
     LabLock {
         _in_process: in_process,
         _across_processes: file,
@@ -433,9 +442,10 @@ impl Guest {
 
 impl Drop for Guest {
     fn drop(&mut self) {
+        // A guest left mid-migration or stuck must not keep a core busy
+        // for the tests after this one.
+        let _ = lab_try(&["remove", &self.name]);
         for node in NODES {
-            let _ = lab_try(&["virsh", node, "destroy", &self.name]);
-            let _ = lab_try(&["virsh", node, "undefine", &self.name]);
             if let Some(disk) = &self.disk {
                 let _ = lab_try(&["exec", node, "rm", "-f", disk]);
             }

@@ -2,7 +2,9 @@
 //! on: the real `kubectl drain` of node-a waits while a VM runs there. A
 //! drain whose `--timeout` expires leaves the node cordoned, its guard in
 //! place and the evacuation going on; the next drain completes once the VM
-//! has moved, and the uncordon brings the guard back.
+//! has moved, and the uncordon brings the guard back. An uncordon while
+//! the cordon's evacuation is under way cancels the moves that have not
+//! started and lets the running one finish.
 
 use std::time::Duration;
 
@@ -43,14 +45,15 @@ impl Drop for OptedIn {
 }
 
 /// Creates a MigrationPolicy `name` in the release's scope (removed with
-/// it) whose moves crawl (2 MiB/s, nothing that would make them converge)
-/// until the test lifts the cap through libvirt.
-fn crawl_policy(release: &Release, name: &str) {
+/// it) whose moves crawl (2 MiB/s, nothing that would make them converge),
+/// `per_cluster` at a time, until the test lifts the cap through libvirt.
+fn crawl_policy(release: &Release, name: &str, per_cluster: u32) {
     let policy = json!({
         "apiVersion": "kvmotion.io/v1alpha1",
         "kind": "MigrationPolicy",
         "metadata": {"name": name, "labels": {SCOPE_LABEL: release.scope.id}},
-        "spec": {"tuning": {"bandwidthMiBps": 2, "postCopy": false, "autoConverge": false,
+        "spec": {"concurrency": {"perCluster": per_cluster},
+                 "tuning": {"bandwidthMiBps": 2, "postCopy": false, "autoConverge": false,
                             "progressTimeoutSeconds": 0, "completionTimeoutPerGiBSeconds": 0}},
     });
     let out = release
@@ -111,7 +114,7 @@ async fn kubectl_drain_waits_until_the_nodes_vms_have_moved_and_the_guard_return
             "controller.evacuateOnCordon.policy=drain-crawl",
         ],
     );
-    crawl_policy(&release, "drain-crawl");
+    crawl_policy(&release, "drain-crawl", 5);
     wait_guarded("node-a", GUARD_A, &release).await;
     wait_guarded("node-b", GUARD_B, &release).await;
     let budget = get_json(&["pdb", "-n", NAMESPACE, GUARD_A]);
@@ -201,4 +204,90 @@ async fn kubectl_drain_waits_until_the_nodes_vms_have_moved_and_the_guard_return
     )
     .await
     .unwrap_or_else(|e| panic!("{e}\n{}", release.describe()));
+}
+
+#[tokio::test]
+async fn an_uncordon_mid_evacuation_cancels_the_moves_not_started_and_lets_the_running_one_finish()
+{
+    let _lab = exclusive().await;
+    let release = Release::install_with_values(
+        "cluster-uncordon",
+        &[
+            "--set",
+            "controller.evacuateOnCordon.enabled=true",
+            "--set",
+            "controller.evacuateOnCordon.policy=uncordon-crawl",
+        ],
+    );
+    // One move at a time, crawling: the first is mid-transfer while the
+    // second waits for capacity.
+    crawl_policy(&release, "uncordon-crawl", 1);
+    let mut guests = Vec::new();
+    for name in ["cu-0", "cu-1"] {
+        guests.push(Guest::start("node-a", name, &GuestSpec::default()).await);
+        kvmotion_tests::e2e::wait_listed(control_plane().client().await, "node-a", name, false)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", release.describe()));
+    }
+    let _opted = OptedIn::node_a();
+    let out = kubectl(&["cordon", "node-a"]);
+    assert!(out.ok, "{}", out.stderr);
+
+    let evac = "cordon-node-a";
+    let (moving_name, moving_vm, waiting_name) =
+        kvmotion_tests::evacuation::one_moving_one_waiting(
+            &release.scope,
+            evac,
+            Duration::from_secs(120),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", release.describe()));
+    let moved = guests
+        .iter()
+        .find(|g| g.name == moving_vm)
+        .expect("the moving guest");
+    let stays = guests
+        .iter()
+        .find(|g| g.name != moving_vm)
+        .expect("the waiting guest");
+    let before = moved.last_beat("node-a").expect("beating");
+
+    // Uncordoned: the evacuation goes with the move that had not started;
+    // the running one is let go of, and finishes.
+    let out = kubectl(&["uncordon", "node-a"]);
+    assert!(out.ok, "{}", out.stderr);
+    eventually(
+        Duration::from_secs(60),
+        "the evacuation and its waiting move deleted",
+        || async {
+            let gone = |kind: &str, name: &str| {
+                let out = kubectl(&["get", kind, name, "--ignore-not-found", "-o", "name"]);
+                out.ok && out.stdout.trim().is_empty()
+            };
+            (gone("nevac", evac) && gone("vmm", &waiting_name)).then_some(())
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", release.describe()));
+    let released = get_json(&["vmm", &moving_name]);
+    assert!(
+        released["metadata"]["ownerReferences"]
+            .as_array()
+            .is_none_or(|r| r.is_empty()),
+        "the running move still belongs to the evacuation: {released:#}"
+    );
+    lab(&["virsh", "node-a", "migrate-setspeed", &moving_vm, "1000"]);
+    release
+        .wait_phase(&moving_name, "Succeeded", Duration::from_secs(120))
+        .await;
+    moved.moved_whole_to("node-b", before).await;
+    assert_eq!(stays.state("node-a").as_deref(), Some("running"));
+    assert_eq!(stays.state("node-b"), None);
+    // Nothing re-creates the cancelled move later.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let left: Vec<String> = kvmotion_tests::evacuation::migrations(&release.scope, evac)
+        .iter()
+        .filter_map(|m| m["metadata"]["name"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(left, [moving_name], "{}", release.describe());
 }

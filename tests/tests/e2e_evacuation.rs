@@ -285,24 +285,10 @@ async fn deleting_an_evacuation_cancels_waiting_moves_and_lets_the_running_one_f
         "drain-a",
         json!({"nodeName": "node-a", "policyRef": {"name": policy_name}}),
     );
-    let running = kvmotion_tests::eventually(
-        Duration::from_secs(90),
-        "one move running and one waiting",
-        || async {
-            let ms = evacuation::migrations(&rig.scope, &name);
-            let phase = |p: &str| ms.iter().find(|m| m["status"]["phase"] == p).cloned();
-            let moving = phase("Migrating")?;
-            let waiting = phase("Pending")?;
-            (moving["status"]["progress"]["dataProcessedBytes"].as_u64()? > 0)
-                .then_some((moving, waiting))
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", rig.logs()));
-    let (moving, waiting) = running;
-    let moving_name = moving["metadata"]["name"].as_str().unwrap().to_string();
-    let waiting_name = waiting["metadata"]["name"].as_str().unwrap().to_string();
-    let moving_vm = moving["spec"]["vm"]["name"].as_str().unwrap().to_string();
+    let (moving_name, moving_vm, waiting_name) =
+        evacuation::one_moving_one_waiting(&rig.scope, &name, Duration::from_secs(90))
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", rig.logs()));
     let moved = guests.iter().find(|g| g.name == moving_vm).unwrap();
     let stays = guests.iter().find(|g| g.name != moving_vm).unwrap();
     let before = moved.last_beat("node-a").expect("beating");

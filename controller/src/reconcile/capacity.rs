@@ -1,14 +1,93 @@
 //! The concurrency gate: whether a pending migration may start now, under
 //! its policy's limits per cluster, outbound per node and inbound per node.
-//! Migrations start in queue order (an evacuation's first, then by
-//! creation): waiting migrations ahead that need the same capacity are
-//! counted before this one. Pure.
+//! Waiting migrations are admitted in queue order (an evacuation's first,
+//! then by creation): each takes the capacity it fits in before any younger
+//! one is considered. One that does not fit holds nothing, so a queue head
+//! whose source node is full does not keep the rest of the cluster idle.
+//! Pure.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use kvmotion_api::policy::ConcurrencyLimits;
 
 use super::world::Flight;
+
+/// The capacity taken so far: by running migrations, then by the waiting
+/// ones admitted ahead in the queue.
+#[derive(Default)]
+struct Load<'a> {
+    total: u32,
+    outbound: HashMap<&'a str, u32>,
+    inbound: HashMap<&'a str, u32>,
+}
+
+impl<'a> Load<'a> {
+    fn take(&mut self, f: &'a Flight) {
+        self.total += 1;
+        if let Some(src) = &f.source {
+            *self.outbound.entry(src).or_default() += 1;
+        }
+        if let Some(dst) = &f.target {
+            *self.inbound.entry(dst).or_default() += 1;
+        }
+    }
+
+    /// Whether `f` fits; `Err` names the first limit that is full.
+    fn fits(&self, f: &Flight, limits: &ConcurrencyLimits) -> Result<(), String> {
+        // The message names the limit but not the counts: a waiting
+        // migration's status changes only when what it waits for does, not
+        // with every start and end elsewhere in the cluster.
+        let full = |what: String, limit: u32| {
+            format!("{what} ({limit}) is taken by running migrations and older waiting ones")
+        };
+        if self.total >= limits.per_cluster {
+            return Err(full("cluster limit".into(), limits.per_cluster));
+        }
+        if let Some(src) = &f.source
+            && self.outbound.get(src.as_str()).copied().unwrap_or(0) >= limits.outbound_per_node
+        {
+            return Err(full(
+                format!("outbound limit of {src}"),
+                limits.outbound_per_node,
+            ));
+        }
+        if let Some(dst) = &f.target
+            && self.inbound.get(dst.as_str()).copied().unwrap_or(0) >= limits.inbound_per_node
+        {
+            return Err(full(
+                format!("inbound limit of {dst}"),
+                limits.inbound_per_node,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Walks the queue: `waiting` in queue order against the capacity `flights`
+/// that are active already hold, calling `seen` with each waiting one and
+/// whether it fits. Stops early when `seen` returns false.
+fn walk<'a>(
+    active: impl Iterator<Item = &'a Flight>,
+    mut waiting: Vec<&'a Flight>,
+    limits: &ConcurrencyLimits,
+    mut seen: impl FnMut(&'a Flight, Result<(), String>) -> bool,
+) {
+    let mut load = Load::default();
+    for f in active {
+        load.take(f);
+    }
+    waiting.sort_by(|a, b| a.queue_key().cmp(&b.queue_key()));
+    for f in waiting {
+        let fits = load.fits(f, limits);
+        if fits.is_ok() {
+            load.take(f);
+        }
+        if !seen(f, fits) {
+            return;
+        }
+    }
+}
 
 /// Whether `me` may start. `Err` says what is full, for the condition.
 pub fn admit(
@@ -16,61 +95,48 @@ pub fn admit(
     others: &[Arc<Flight>],
     limits: &ConcurrencyLimits,
 ) -> Result<(), String> {
-    let ahead = |f: &&Flight| f.is_waiting() && f.queue_key() < me.queue_key();
-    let relevant: Vec<&Flight> = others
-        .iter()
-        .map(|f| &**f)
-        .filter(|f| f.uid != me.uid)
-        .filter(|f| f.is_active() || ahead(f))
+    let others = || others.iter().map(|f| &**f).filter(|f| f.uid != me.uid);
+    let waiting: Vec<&Flight> = others()
+        .filter(|f| f.is_waiting())
+        .chain(std::iter::once(me))
         .collect();
-    let count = |pred: &dyn Fn(&Flight) -> bool| -> (u32, u32) {
-        let active = relevant.iter().filter(|f| f.is_active() && pred(f)).count();
-        let waiting = relevant
-            .iter()
-            .filter(|f| !f.is_active() && pred(f))
-            .count();
-        (active as u32, waiting as u32)
-    };
-    // The message names the limit but not the counts: a waiting
-    // migration's status changes only when what it waits for does, not
-    // with every start and end elsewhere in the cluster.
-    let check = |what: String, (active, waiting): (u32, u32), limit: u32| {
-        if active + waiting < limit {
-            Ok(())
-        } else {
-            Err(format!(
-                "{what} ({limit}) is taken by running migrations and older waiting ones"
-            ))
-        }
-    };
-    check("cluster limit".into(), count(&|_| true), limits.per_cluster)?;
-    if let Some(src) = &me.source {
-        check(
-            format!("outbound limit of {src}"),
-            count(&|f| f.source.as_ref() == Some(src)),
-            limits.outbound_per_node,
-        )?;
-    }
-    if let Some(dst) = &me.target {
-        check(
-            format!("inbound limit of {dst}"),
-            count(&|f| f.target.as_ref() == Some(dst)),
-            limits.inbound_per_node,
-        )?;
-    }
-    Ok(())
+    let mut mine = Ok(());
+    walk(
+        others().filter(|f| f.is_active()),
+        waiting,
+        limits,
+        |f, fits| {
+            if f.uid == me.uid {
+                mine = fits;
+                return false;
+            }
+            true
+        },
+    );
+    mine
 }
 
-/// How many of the oldest waiting migrations a freed slot should wake.
-/// Admission is in creation order and every older waiting migration counts
-/// against the cluster limit, so only the first `per_cluster - active` of
-/// the queue can start; one more covers a cache that has not yet seen the
-/// end that freed the slot. At least one, at most `batch`.
-pub fn wake_count(per_cluster: u32, active: usize, batch: usize) -> usize {
-    (per_cluster as usize)
-        .saturating_sub(active)
-        .saturating_add(1)
-        .clamp(1, batch.max(1))
+/// The waiting migrations that may start now, in queue order, at most
+/// `batch`: those a freed slot should wake.
+pub fn startable<'a>(
+    flights: &'a [Arc<Flight>],
+    limits: &ConcurrencyLimits,
+    batch: usize,
+) -> Vec<&'a Flight> {
+    let flights = || flights.iter().map(|f| &**f);
+    let mut out = Vec::new();
+    walk(
+        flights().filter(|f| f.is_active()),
+        flights().filter(|f| f.is_waiting()).collect(),
+        limits,
+        |f, fits| {
+            if fits.is_ok() {
+                out.push(f);
+            }
+            out.len() < batch
+        },
+    );
+    out
 }
 
 #[cfg(test)]
@@ -104,26 +170,6 @@ mod tests {
     }
 
     #[test]
-    fn a_freed_slot_wakes_only_the_head_of_the_queue_that_can_start() {
-        // (per_cluster, active, batch, woken)
-        let cases = [
-            (50, 49, 50, 2),
-            (50, 50, 50, 1),
-            (50, 60, 50, 1),
-            (5, 0, 50, 6),
-            (500, 0, 50, 50),
-            (1, 0, 0, 1),
-        ];
-        for (limit, active, batch, want) in cases {
-            assert_eq!(
-                wake_count(limit, active, batch),
-                want,
-                "limit {limit}, active {active}, batch {batch}"
-            );
-        }
-    }
-
-    #[test]
     fn the_gate_counts_active_and_older_waiting_migrations_per_limit() {
         let me = f("me", 100, Some(Phase::Pending), "a", "b");
         let run = Some(Phase::Migrating);
@@ -142,6 +188,26 @@ mod tests {
                 vec![f("x", 50, wait, "c", "d")],
                 limits(1, 5, 5),
                 Err("cluster limit (1) is taken by running migrations and older waiting ones"),
+            ),
+            (
+                "an older waiting one held at its own full source takes nothing",
+                vec![f("y", 1, run, "c", "d"), f("x", 50, wait, "c", "e")],
+                limits(2, 1, 5),
+                Ok(()),
+            ),
+            (
+                "an older waiting one held at its full target takes nothing",
+                vec![f("y", 1, run, "c", "d"), f("x", 50, wait, "e", "d")],
+                limits(2, 5, 1),
+                Ok(()),
+            ),
+            (
+                "older waiting ones that fit fill the source first",
+                vec![f("x", 50, wait, "a", "e")],
+                limits(5, 1, 5),
+                Err(
+                    "outbound limit of a (1) is taken by running migrations and older waiting ones",
+                ),
             ),
             (
                 "younger waiting does not",
@@ -193,6 +259,37 @@ mod tests {
                 want.as_ref().map_err(|e| *e),
                 "{name}"
             );
+        }
+    }
+
+    #[test]
+    fn a_freed_slot_wakes_the_waiting_migrations_that_fit_in_queue_order() {
+        let run = Some(Phase::Migrating);
+        let wait = Some(Phase::Pending);
+        let fleet = vec![
+            f("r1", 1, run, "a", "x"),
+            f("w1", 10, wait, "a", "y"),
+            f("w2", 20, wait, "b", "x"),
+            f("w3", 30, wait, "b", "y"),
+            f("w4", 40, None, "c", "z"),
+            f("w5", 50, wait, "d", "z"),
+        ];
+        let fleet: Vec<Arc<Flight>> = fleet.into_iter().map(Arc::new).collect();
+        // (limits, batch, woken)
+        let cases = [
+            (limits(10, 1, 1), 50, vec!["w3", "w4"]),
+            (limits(10, 2, 1), 50, vec!["w1", "w4"]),
+            (limits(3, 1, 1), 50, vec!["w3", "w4"]),
+            (limits(2, 1, 1), 50, vec!["w3"]),
+            (limits(1, 1, 1), 50, vec![]),
+            (limits(10, 5, 5), 2, vec!["w1", "w2"]),
+        ];
+        for (l, batch, want) in cases {
+            let got: Vec<&str> = startable(&fleet, &l, batch)
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect();
+            assert_eq!(got, want, "{l:?}, batch {batch}");
         }
     }
 

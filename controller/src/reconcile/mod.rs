@@ -26,7 +26,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kvmotion_api::client::AgentClient;
 use kvmotion_api::hypervisor::Hypervisor;
-use kvmotion_api::policy::MigrationPolicy;
+use kvmotion_api::policy::{ConcurrencyLimits, MigrationPolicy};
 use kvmotion_api::{Phase, VirtualMachineMigration};
 use tracing::{debug, warn};
 
@@ -191,20 +191,26 @@ impl Context {
         }
     }
 
-    /// Asks the oldest waiting migrations to look for capacity again, as
-    /// many as could start under `per_cluster` (the ended migration's
-    /// cluster limit).
-    pub fn wake_waiting(&self, per_cluster: u32) {
+    /// Asks the waiting migrations that can start under `limits` (the
+    /// ended migration's) to look for capacity again, in queue order; at
+    /// least the queue's head, in case the caches lag behind.
+    pub fn wake_waiting(&self, limits: &ConcurrencyLimits) {
         let mut flights = self.flights();
         if let Ok(mut ended) = self.ended.lock() {
             Context::merge_ended(&mut ended, &mut flights);
         }
-        let active = flights.iter().filter(|f| f.is_active()).count();
-        let mut waiting: Vec<&Arc<Flight>> = flights.iter().filter(|f| f.is_waiting()).collect();
-        waiting.sort_by(|a, b| a.queue_key().cmp(&b.queue_key()));
+        let mut woken: Vec<&Flight> = capacity::startable(&flights, limits, WAKE_BATCH);
+        if woken.is_empty() {
+            woken.extend(
+                flights
+                    .iter()
+                    .filter(|f| f.is_waiting())
+                    .min_by(|a, b| a.queue_key().cmp(&b.queue_key()))
+                    .map(|f| &**f),
+            );
+        }
         let resource = ApiResource::erase::<VirtualMachineMigration>(&());
-        let n = capacity::wake_count(per_cluster, active, WAKE_BATCH);
-        for f in waiting.into_iter().take(n) {
+        for f in woken {
             let _ = self
                 .wake
                 .unbounded_send(ObjectRef::new_with(&f.name, resource.clone()));
@@ -456,12 +462,12 @@ async fn record(
         if let (Ok(mut m), Some(phase)) = (ctx.ended.lock(), d.status.phase) {
             m.insert(obs.uid.clone(), phase);
         }
-        let per_cluster = d
+        let limits = d
             .status
             .policy
             .as_ref()
-            .map_or(WAKE_BATCH as u32, |p| p.concurrency.per_cluster);
-        ctx.wake_waiting(per_cluster);
+            .map_or_else(ConcurrencyLimits::unlimited, |p| p.concurrency.clone());
+        ctx.wake_waiting(&limits);
     }
     let notes = events::notes(&obs.status, &d.status);
     ctx.events.send(reference(obj), notes);
