@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::migration::{MigrationMode, MigrationProgress, MigrationResult};
-use crate::tuning::{Compression, StorageMode, TimeoutAction};
+use crate::tuning::{Compression, StorageMode, TimeoutAction, Transport};
 
 /// Path prefix of the versioned API.
 pub const API_PREFIX: &str = "/v1";
@@ -67,6 +67,10 @@ pub struct ResolvedTuning {
     pub storage: StorageMode,
     /// libvirt native TLS.
     pub tls: bool,
+    /// How the stream travels. Absent from records written before it
+    /// existed (they were Direct).
+    #[serde(default)]
+    pub transport: Transport,
 }
 
 impl Default for ResolvedTuning {
@@ -85,6 +89,7 @@ impl Default for ResolvedTuning {
             compression: Compression::None,
             storage: StorageMode::Auto,
             tls: false,
+            transport: Transport::Direct,
         }
     }
 }

@@ -60,6 +60,9 @@ pub enum ConditionReason {
     CapacityGranted,
     /// spec.policyRef names no MigrationPolicy.
     PolicyNotFound,
+    /// The policy and the migration's overrides together ask for what
+    /// libvirt refuses (tls with transport Tunnelled).
+    TuningConflict,
     /// The VM is in no inventory (or not on spec.sourceNode).
     VMNotFound,
     /// The VM's name matches domains on several nodes.
@@ -145,6 +148,7 @@ impl ConditionReason {
             ConditionReason::WaitingForCapacity => "WaitingForCapacity",
             ConditionReason::CapacityGranted => "CapacityGranted",
             ConditionReason::PolicyNotFound => "PolicyNotFound",
+            ConditionReason::TuningConflict => "TuningConflict",
             ConditionReason::VMNotFound => "VMNotFound",
             ConditionReason::VMAmbiguous => "VMAmbiguous",
             ConditionReason::VMMoving => "VMMoving",

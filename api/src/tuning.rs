@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 /// back to the policy, then to kvmotion's built-in default.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = tuning_rules)]
 pub struct MigrationTuning {
     /// Bandwidth cap for the memory (and disk) stream, in MiB/s. 0 means unlimited.
     #[serde(rename = "bandwidthMiBps", skip_serializing_if = "Option::is_none")]
@@ -80,9 +81,68 @@ pub struct MigrationTuning {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageMode>,
 
-    /// Encrypt the migration stream with libvirt's native TLS.
+    /// Encrypt the migration stream with libvirt's native TLS (the Direct
+    /// transport; the nodes need QEMU's migration certificates).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<bool>,
+
+    /// How the memory stream travels. Direct (the default): QEMU to QEMU on
+    /// a connection of its own, encrypted with `tls`. Tunnelled: inside the
+    /// connection between the two libvirt daemons, so one port is all the
+    /// nodes open to each other, and it is encrypted when that connection
+    /// is (`qemu+tls`); slower, as the data passes through both daemons,
+    /// and pre-copy only in one stream: it excludes postCopy, onTimeout
+    /// PostCopy, parallelConnections above 1, Zstd and Zlib compression,
+    /// and `tls`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transport: Option<Transport>,
+}
+
+/// Rules over several tuning fields: the combinations libvirt refuses
+/// with a tunnelled migration.
+fn tuning_rules(schema: &mut schemars::Schema) {
+    use crate::schema::push_rule;
+    const TUNNELLED: &str = "!has(self.transport) || self.transport != 'Tunnelled' || ";
+    let rules = [
+        (
+            "!has(self.postCopy) || !self.postCopy",
+            "postCopy cannot be true with transport Tunnelled: libvirt moves a tunnelled migration by pre-copy only",
+            ".postCopy",
+        ),
+        (
+            "!has(self.onTimeout) || self.onTimeout != 'PostCopy'",
+            "onTimeout PostCopy cannot be used with transport Tunnelled (pre-copy only): use Pause or Abort",
+            ".onTimeout",
+        ),
+        (
+            "!has(self.parallelConnections) || self.parallelConnections == 1",
+            "parallelConnections must be 1 with transport Tunnelled: the tunnel carries one stream",
+            ".parallelConnections",
+        ),
+        (
+            "!has(self.compression) || self.compression == 'None' || self.compression == 'Xbzrle'",
+            "compression Zstd and Zlib need parallel connections, which transport Tunnelled cannot use: use None or Xbzrle",
+            ".compression",
+        ),
+        (
+            "!has(self.tls) || !self.tls",
+            "tls is for transport Direct: a Tunnelled stream is as secure as the libvirt connection between the nodes (use qemu+tls there)",
+            ".tls",
+        ),
+    ];
+    for (rule, message, field) in rules {
+        push_rule(schema, &format!("{TUNNELLED}{rule}"), message, Some(field));
+    }
+}
+
+/// How a migration's memory stream travels between the nodes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Transport {
+    /// QEMU to QEMU on its own connection (libvirt's native transport).
+    #[default]
+    Direct,
+    /// Through the libvirt daemons' connection (VIR_MIGRATE_TUNNELLED).
+    Tunnelled,
 }
 
 /// What happens when a migration runs out of time.

@@ -2,10 +2,11 @@
 //! the named (or the default) `MigrationPolicy`, overlaid by the migration's
 //! own overrides. A pure function of the objects it is given.
 
+use kvmotion_api::ConditionReason;
 use kvmotion_api::agent::ResolvedTuning;
 use kvmotion_api::migration::PolicyRef;
 use kvmotion_api::policy::{ConcurrencyLimits, MigrationPolicy};
-use kvmotion_api::tuning::MigrationTuning;
+use kvmotion_api::tuning::{MigrationTuning, Transport};
 use std::sync::Arc;
 
 /// The policy a migration runs under.
@@ -26,6 +27,36 @@ pub struct Resolved {
 pub enum PolicyProblem {
     /// `spec.policyRef` names a policy that does not exist.
     NotFound(String),
+    /// The policy (named here, if any) and the overrides together ask for
+    /// `tls` over a Tunnelled transport. Admission refuses that within one
+    /// object; across two, neither encryption choice is dropped silently.
+    TlsTunnelled(Option<String>),
+}
+
+impl PolicyProblem {
+    /// The condition reason it is reported with.
+    pub fn reason(&self) -> ConditionReason {
+        match self {
+            PolicyProblem::NotFound(_) => ConditionReason::PolicyNotFound,
+            PolicyProblem::TlsTunnelled(_) => ConditionReason::TuningConflict,
+        }
+    }
+
+    /// What a person should do about it.
+    pub fn message(&self) -> String {
+        match self {
+            PolicyProblem::NotFound(name) => format!(
+                "spec.policyRef names MigrationPolicy {name}, which does not exist; create it or fix the reference"
+            ),
+            PolicyProblem::TlsTunnelled(policy) => format!(
+                "tls and transport Tunnelled exclude each other, and they come from {} and spec.overrides: choose tls for the Direct transport, or Tunnelled over a qemu+tls connection between the nodes",
+                policy.as_deref().map_or_else(
+                    || "kvmotion's defaults".to_string(),
+                    |p| format!("MigrationPolicy {p}")
+                )
+            ),
+        }
+    }
 }
 
 /// Resolves the policy of a migration with `policy_ref` and `overrides`,
@@ -51,6 +82,11 @@ pub fn resolve(
     }
     if let Some(o) = overrides {
         overlay(&mut tuning, o);
+    }
+    if tuning.tls && tuning.transport == Transport::Tunnelled {
+        return Err(PolicyProblem::TlsTunnelled(
+            policy.and_then(|p| p.metadata.name.clone()),
+        ));
     }
     Ok(Resolved {
         tuning,
@@ -108,6 +144,7 @@ fn overlay(t: &mut ResolvedTuning, from: &MigrationTuning) {
         compression,
         storage,
         tls,
+        transport,
     } = from;
     // Destructured above so a new tuning field fails to compile here until
     // it is resolved too.
@@ -129,6 +166,7 @@ fn overlay(t: &mut ResolvedTuning, from: &MigrationTuning) {
     set(&mut t.compression, compression);
     set(&mut t.storage, storage);
     set(&mut t.tls, tls);
+    set(&mut t.transport, transport);
 }
 
 fn set<T: Clone>(field: &mut T, value: &Option<T>) {
@@ -227,6 +265,68 @@ mod tests {
                 want,
                 "{name}"
             );
+        }
+    }
+
+    #[test]
+    #[allow(clippy::type_complexity)]
+    fn tls_from_one_object_and_a_tunnel_from_the_other_is_a_conflict() {
+        let tls = MigrationTuning {
+            tls: Some(true),
+            ..MigrationTuning::default()
+        };
+        let tunnel = MigrationTuning {
+            transport: Some(Transport::Tunnelled),
+            ..MigrationTuning::default()
+        };
+        let secure = vec![Arc::new(policy("secure", true, 1, tls.clone()))];
+        let piped = vec![Arc::new(policy("piped", true, 1, tunnel.clone()))];
+        // (case, policies, overrides, conflict naming)
+        let cases: Vec<(
+            &str,
+            &[Arc<MigrationPolicy>],
+            MigrationTuning,
+            Option<Option<&str>>,
+        )> = vec![
+            (
+                "policy tls, override tunnel",
+                &secure,
+                tunnel.clone(),
+                Some(Some("secure")),
+            ),
+            (
+                "policy tunnel, override tls",
+                &piped,
+                tls.clone(),
+                Some(Some("piped")),
+            ),
+            (
+                "policy tunnel, override Direct",
+                &piped,
+                MigrationTuning {
+                    transport: Some(Transport::Direct),
+                    tls: Some(true),
+                    ..MigrationTuning::default()
+                },
+                None,
+            ),
+            ("no policy: the overrides alone", &[], tunnel.clone(), None),
+        ];
+        for (name, policies, o, want) in cases {
+            let got = resolve(policies, None, Some(&o));
+            match want {
+                Some(p) => {
+                    let problem = got.expect_err(name);
+                    assert_eq!(
+                        problem,
+                        PolicyProblem::TlsTunnelled(p.map(str::to_string)),
+                        "{name}"
+                    );
+                    assert_eq!(problem.reason(), ConditionReason::TuningConflict, "{name}");
+                    assert!(problem.message().contains("exclude each other"), "{name}");
+                }
+                None => assert!(got.is_ok(), "{name}: {got:?}"),
+            }
         }
     }
 

@@ -10,7 +10,7 @@ use kvmotion_api::agent::{DomainRef, JobPhase, JobStatus, ResolvedTuning, StartR
 use kvmotion_api::hypervisor::{DomainInfo, DomainState};
 use kvmotion_api::migration::{MigrationMode, MigrationResult, TransferMode};
 use kvmotion_api::movable::{self, Move};
-use kvmotion_api::tuning::Compression;
+use kvmotion_api::tuning::{Compression, Transport};
 use tracing::{info, warn};
 
 use super::convergence::{self, Action, Policy, Tracker};
@@ -131,8 +131,9 @@ impl Engine {
 
     async fn run(self: Arc<Self>, job: Arc<Job>, record: JobRecord) {
         let (mut req, how) = (record.request.clone(), record.how);
-        if let Some(note) = reconcile_tuning(&mut req.tuning, how) {
-            job.update(|s| s.actions.push(note.into()));
+        let notes = reconcile_tuning(&mut req.tuning, how);
+        if !notes.is_empty() {
+            job.update(|s| s.actions.extend(notes.iter().map(|n| n.to_string())));
         }
         let started = Instant::now();
         let outcome = match how {
@@ -494,18 +495,36 @@ async fn wait_for_completion(
 
 /// Settles combinations QEMU refuses before anything reads the tuning:
 /// post-copy does not work with parallel connections (multifd) in QEMU 10,
-/// and libvirt refuses it for a paused domain. Returns a note for the job's
-/// actions when it changed something.
-fn reconcile_tuning(t: &mut ResolvedTuning, how: Move) -> Option<&'static str> {
+/// and libvirt refuses it for a paused domain; a tunnel carries one
+/// pre-copy stream (no post-copy, no parallel connections, so no zstd or
+/// zlib). Admission refuses these within one object; here they meet when
+/// a policy and a migration's overrides each set one side. Returns a note
+/// for the job's actions per change.
+fn reconcile_tuning(t: &mut ResolvedTuning, how: Move) -> Vec<&'static str> {
+    let mut notes = Vec::new();
+    if t.transport == Transport::Tunnelled {
+        if t.post_copy {
+            t.post_copy = false;
+            notes.push("PostCopyOff(tunnelled)");
+        }
+        if t.parallel_connections > 1 {
+            t.parallel_connections = 1;
+            notes.push("ParallelOff(tunnelled)");
+        }
+        if matches!(t.compression, Compression::Zstd | Compression::Zlib) {
+            t.compression = Compression::None;
+            notes.push("CompressionOff(tunnelled)");
+        }
+    }
     if how == Move::LivePaused && t.post_copy {
         t.post_copy = false;
-        return Some("PostCopyOff(paused guest)");
+        notes.push("PostCopyOff(paused guest)");
     }
     if t.parallel_connections > 1 && t.post_copy {
         t.post_copy = false;
-        return Some("PostCopyOff(parallel connections)");
+        notes.push("PostCopyOff(parallel connections)");
     }
-    None
+    notes
 }
 
 /// A completed job's outcome: its figures, `duration` long, after
@@ -593,6 +612,7 @@ fn migrate_call(req: &StartRequest, transfer: Transfer) -> MigrateCall {
             Compression::Zlib => Some("zlib".into()),
         },
         tls: t.tls,
+        tunnelled: t.transport == Transport::Tunnelled,
         copy_disks: if disks_synced {
             Vec::new()
         } else {
@@ -619,30 +639,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn parallel_connections_turn_post_copy_off() {
-        let mut t = ResolvedTuning {
-            parallel_connections: 4,
-            ..ResolvedTuning::default()
-        };
-        assert_eq!(
-            reconcile_tuning(&mut t, Move::LiveRunning),
-            Some("PostCopyOff(parallel connections)")
-        );
-        assert!(!t.post_copy);
-        let mut single = ResolvedTuning::default();
-        assert_eq!(reconcile_tuning(&mut single, Move::LiveRunning), None);
-        assert!(single.post_copy);
-    }
-
-    #[test]
-    fn a_paused_guest_moves_without_post_copy_and_arrives_paused() {
-        let mut t = ResolvedTuning::default();
-        assert_eq!(
-            reconcile_tuning(&mut t, Move::LivePaused),
-            Some("PostCopyOff(paused guest)")
-        );
-        let req = StartRequest {
+    /// A live move of a diskless VM to "b" with `tuning`.
+    fn request_with(tuning: ResolvedTuning) -> StartRequest {
+        StartRequest {
             vm: DomainRef::default(),
             target_node: "b".into(),
             target: kvmotion_api::agent::PrepareResponse {
@@ -652,9 +651,81 @@ mod tests {
                 created_disks: Vec::new(),
             },
             mode: MigrationMode::Live,
-            tuning: t,
+            tuning,
             disks: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_tunnel_turns_off_what_it_cannot_carry_and_says_so() {
+        let tunnel = |post_copy, parallel, compression| ResolvedTuning {
+            transport: Transport::Tunnelled,
+            post_copy,
+            parallel_connections: parallel,
+            compression,
+            ..ResolvedTuning::default()
         };
+        // (tuning, notes)
+        let cases = [
+            (tunnel(false, 1, Compression::None), vec![]),
+            (
+                tunnel(true, 1, Compression::Xbzrle),
+                vec!["PostCopyOff(tunnelled)"],
+            ),
+            (
+                tunnel(true, 4, Compression::Zstd),
+                vec![
+                    "PostCopyOff(tunnelled)",
+                    "ParallelOff(tunnelled)",
+                    "CompressionOff(tunnelled)",
+                ],
+            ),
+            (
+                tunnel(false, 2, Compression::Zlib),
+                vec!["ParallelOff(tunnelled)", "CompressionOff(tunnelled)"],
+            ),
+        ];
+        for (mut t, want) in cases {
+            let before = t.clone();
+            assert_eq!(
+                reconcile_tuning(&mut t, Move::LiveRunning),
+                want,
+                "{before:?}"
+            );
+            assert!(!t.post_copy && t.parallel_connections == 1, "{t:?}");
+            assert!(
+                matches!(t.compression, Compression::None | Compression::Xbzrle),
+                "{t:?}"
+            );
+            let call = migrate_call(&request_with(t), Transfer::Live);
+            assert!(call.tunnelled && !call.post_copy, "{call:?}");
+        }
+    }
+
+    #[test]
+    fn parallel_connections_turn_post_copy_off() {
+        let mut t = ResolvedTuning {
+            parallel_connections: 4,
+            ..ResolvedTuning::default()
+        };
+        assert_eq!(
+            reconcile_tuning(&mut t, Move::LiveRunning),
+            ["PostCopyOff(parallel connections)"]
+        );
+        assert!(!t.post_copy);
+        let mut single = ResolvedTuning::default();
+        assert!(reconcile_tuning(&mut single, Move::LiveRunning).is_empty());
+        assert!(single.post_copy);
+    }
+
+    #[test]
+    fn a_paused_guest_moves_without_post_copy_and_arrives_paused() {
+        let mut t = ResolvedTuning::default();
+        assert_eq!(
+            reconcile_tuning(&mut t, Move::LivePaused),
+            ["PostCopyOff(paused guest)"]
+        );
+        let req = request_with(t);
         let call = migrate_call(&req, Transfer::LivePaused);
         assert!(call.live && call.keep_paused && !call.post_copy && !call.auto_converge);
         let running = migrate_call(&req, Transfer::Live);

@@ -74,6 +74,9 @@ pub struct MigrateCall {
     pub compression: Option<String>,
     /// Encrypt with libvirt's native TLS.
     pub tls: bool,
+    /// Send the stream through the libvirt daemons' connection
+    /// (`VIR_MIGRATE_TUNNELLED`) instead of QEMU's own.
+    pub tunnelled: bool,
     /// Guest disks (targets) whose storage libvirt copies along.
     pub copy_disks: Vec<String>,
     /// Local disks were already synced to the target by the agents, so

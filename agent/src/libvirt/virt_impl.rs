@@ -221,6 +221,9 @@ fn migrate_flags(call: &MigrateCall, persistent: bool) -> u32 {
     if call.tls {
         flags |= sys::VIR_MIGRATE_TLS;
     }
+    if call.tunnelled {
+        flags |= sys::VIR_MIGRATE_TUNNELLED;
+    }
     if !call.copy_disks.is_empty() {
         flags |= sys::VIR_MIGRATE_NON_SHARED_DISK;
     }
@@ -340,7 +343,9 @@ impl Libvirt for VirtLibvirt {
             let dom = self.require(conn, vm)?;
             let persistent = dom.is_persistent().unwrap_or(false);
             let params = virt::domain::MigrateParameters {
-                uri: (!c.offline).then(|| c.dest_migration_uri.clone()),
+                // A tunnel goes where the daemon connection goes: libvirt
+                // refuses a migration URI with it.
+                uri: (!c.offline && !c.tunnelled).then(|| c.dest_migration_uri.clone()),
                 bandwidth: (c.bandwidth_mibps > 0).then_some(c.bandwidth_mibps),
                 parallel_connections: (c.parallel_connections > 1)
                     .then_some(i32::from(c.parallel_connections)),
@@ -682,6 +687,13 @@ mod tests {
             true,
         );
         assert_ne!(copy & sys::VIR_MIGRATE_NON_SHARED_DISK, 0);
+        let tunnel = MigrateCall {
+            live: true,
+            tunnelled: true,
+            ..Default::default()
+        };
+        assert_ne!(migrate_flags(&tunnel, true) & sys::VIR_MIGRATE_TUNNELLED, 0);
+        assert_eq!(migrate_flags(&live, true) & sys::VIR_MIGRATE_TUNNELLED, 0);
     }
 
     #[test]

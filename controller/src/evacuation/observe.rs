@@ -9,10 +9,10 @@ use std::time::Duration;
 use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::DynamicObject;
+use kvmotion_api::Phase;
 use kvmotion_api::evacuation::{NodeEvacuation, UnplaceableVm};
 use kvmotion_api::hypervisor::{DomainState, Hypervisor};
 use kvmotion_api::policy::MigrationPolicy;
-use kvmotion_api::{ConditionReason, Phase};
 use serde::Deserialize;
 
 use super::decide::{Observed, Owned};
@@ -173,7 +173,7 @@ fn fresh_plan(
     }
     let storage = match policy::resolve(snap.policies, evac.spec.policy_ref.as_ref(), None) {
         Ok(p) => p.tuning.storage,
-        Err(PolicyProblem::NotFound(policy)) => return no_policy(&remaining, &policy),
+        Err(problem) => return no_policy(&remaining, &problem),
     };
     let mut reserved: BTreeMap<String, u64> = BTreeMap::new();
     for f in snap.migrations.iter().map(|m| Flight::of(m)) {
@@ -202,8 +202,9 @@ fn fresh_plan(
     })
 }
 
-/// Every VM unplaceable: the policy the moves would run under is missing.
-fn no_policy(source: &Hypervisor, policy: &str) -> Plan {
+/// Every VM unplaceable: the policy the moves would run under is missing
+/// (or cannot be used).
+fn no_policy(source: &Hypervisor, problem: &PolicyProblem) -> Plan {
     let unplaceable = source
         .status
         .iter()
@@ -212,10 +213,8 @@ fn no_policy(source: &Hypervisor, policy: &str) -> Plan {
         .map(|d| UnplaceableVm {
             vm: d.name.clone(),
             uuid: d.uuid.clone(),
-            reason: ConditionReason::PolicyNotFound.as_str().into(),
-            message: format!(
-                "spec.policyRef names MigrationPolicy {policy}, which does not exist; create it or fix the reference"
-            ),
+            reason: problem.reason().as_str().into(),
+            message: problem.message(),
         })
         .collect();
     Plan {

@@ -66,24 +66,25 @@ fn spec_and_policy<'a>(
     };
     match resolve(obs, spec) {
         Ok(r) => Some((spec, r)),
-        Err(m) => {
-            d.fail(obs, Some(C::Scheduled), R::PolicyNotFound.as_str(), m, now);
+        Err(p) => {
+            d.fail(
+                obs,
+                Some(C::Scheduled),
+                p.reason().as_str(),
+                p.message(),
+                now,
+            );
             None
         }
     }
 }
 
-fn resolve(obs: &Observed, spec: &VirtualMachineMigrationSpec) -> Result<Resolved, String> {
+fn resolve(obs: &Observed, spec: &VirtualMachineMigrationSpec) -> Result<Resolved, PolicyProblem> {
     policy::resolve(
         &obs.world.policies,
         spec.policy_ref.as_ref(),
         spec.overrides.as_ref(),
     )
-    .map_err(|p| match p {
-        PolicyProblem::NotFound(name) => format!(
-            "spec.policyRef names MigrationPolicy {name}, which does not exist; create it or create a migration without policyRef"
-        ),
-    })
 }
 
 /// Ends at once, successfully: the VM already runs where it should.
