@@ -49,7 +49,7 @@ async fn a_tunnelled_move_travels_inside_the_daemons_connection_and_a_direct_one
         "a QEMU migration connection is open: {ports:?}"
     );
     assert!(ports.contains(&LIBVIRTD_PORT), "{ports:?}");
-    lab(&["virsh", "node-a", "migrate-setspeed", &guest.name, "1000"]);
+    kvmotion_tests::lab::lift_cap("node-a", &guest.name);
     let (done, _) = tunnelled.wait(&agents, Duration::from_secs(120)).await;
     assert_eq!(done.phase, JobPhase::Completed, "{done:?}");
     assert!(
@@ -71,7 +71,7 @@ async fn a_tunnelled_move_travels_inside_the_daemons_connection_and_a_direct_one
         ports.iter().any(|p| QEMU_PORTS.contains(p)),
         "no QEMU migration connection: {ports:?}"
     );
-    lab(&["virsh", "node-b", "migrate-setspeed", &guest.name, "1000"]);
+    kvmotion_tests::lab::lift_cap("node-b", &guest.name);
     let (done, _) = direct.wait(&agents, Duration::from_secs(120)).await;
     assert_eq!(done.phase, JobPhase::Completed, "{done:?}");
     guest.moved_whole_to("node-a", mid).await;

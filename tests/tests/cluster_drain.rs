@@ -11,7 +11,7 @@ use std::time::Duration;
 use kvmotion_tests::cluster::{NAMESPACE, Release, get_json, kubectl, placement};
 use kvmotion_tests::control_plane::control_plane;
 use kvmotion_tests::eventually;
-use kvmotion_tests::lab::{Guest, GuestSpec, exclusive, lab};
+use kvmotion_tests::lab::{Guest, GuestSpec, exclusive, lift_cap};
 use kvmotion_tests::scope::SCOPE_LABEL;
 use serde_json::json;
 
@@ -159,7 +159,7 @@ async fn kubectl_drain_waits_until_the_nodes_vms_have_moved_and_the_guard_return
     let waiting = tokio::task::spawn_blocking(|| drain("300s"));
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert!(!waiting.is_finished(), "the second drain did not wait");
-    lab(&["virsh", "node-a", "migrate-setspeed", "cd-vm", "1000"]);
+    lift_cap("node-a", "cd-vm");
     let (code, out) = waiting.await.expect("drain thread");
     assert_eq!(
         code,
@@ -276,7 +276,7 @@ async fn an_uncordon_mid_evacuation_cancels_the_moves_not_started_and_lets_the_r
             .is_none_or(|r| r.is_empty()),
         "the running move still belongs to the evacuation: {released:#}"
     );
-    lab(&["virsh", "node-a", "migrate-setspeed", &moving_vm, "1000"]);
+    lift_cap("node-a", &moving_vm);
     release
         .wait_phase(&moving_name, "Succeeded", Duration::from_secs(120))
         .await;

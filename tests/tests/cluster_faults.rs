@@ -10,7 +10,7 @@ use std::time::Duration;
 use kvmotion_tests::cluster::{NAMESPACE, Release, kubectl, placement};
 use kvmotion_tests::e2e::condition;
 use kvmotion_tests::eventually;
-use kvmotion_tests::lab::{Guest, GuestSpec, exclusive, lab};
+use kvmotion_tests::lab::{Guest, GuestSpec, exclusive};
 use serde_json::{Value, json};
 
 /// A live move of `vm` to node-b too slow to end by itself (2 MiB/s
@@ -70,7 +70,7 @@ async fn the_leader_pod_deleted_mid_migration_leaves_the_standby_to_finish_it() 
     assert_eq!(holder, standby, "{}", release.describe());
     assert_eq!(release.status(&name)["phase"], "Migrating");
 
-    lab(&["virsh", "node-a", "migrate-setspeed", "cl-leader", "1000"]);
+    kvmotion_tests::lab::lift_cap("node-a", "cl-leader");
     let status = release
         .wait_phase(&name, "Succeeded", Duration::from_secs(120))
         .await;
@@ -132,7 +132,7 @@ async fn the_source_agent_pod_deleted_mid_migration_is_recreated_adopts_the_job_
         logs.stdout
     );
 
-    lab(&["virsh", "node-a", "migrate-setspeed", "cl-agent", "1000"]);
+    kvmotion_tests::lab::lift_cap("node-a", "cl-agent");
     let status = release
         .wait_phase(&name, "Succeeded", Duration::from_secs(120))
         .await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use kvmotion_tests::agent::AgentProcess;
 use kvmotion_tests::e2e::{Rig, condition, find_condition};
 use kvmotion_tests::eventually;
-use kvmotion_tests::lab::{Guest, GuestSpec, exclusive, lab};
+use kvmotion_tests::lab::{Guest, GuestSpec, exclusive};
 use serde_json::{Value, json};
 
 /// A live move of `vm` to node-b too slow to end by itself (2 MiB/s
@@ -60,7 +60,7 @@ async fn a_job_its_agent_forgot_is_waited_for_and_verified_once_libvirt_ends_it(
     assert_eq!(guest.state("node-a").as_deref(), Some("running"));
 
     // An operator lifts the cap through libvirt: the job ends by itself.
-    lab(&["virsh", "node-a", "migrate-setspeed", "e2e-forgot", "1000"]);
+    kvmotion_tests::lab::lift_cap("node-a", "e2e-forgot");
     let done = rig
         .wait_phase(&name, "Succeeded", Duration::from_secs(120))
         .await;

@@ -319,7 +319,7 @@ async fn deleting_an_evacuation_cancels_waiting_moves_and_lets_the_running_one_f
             .is_none_or(|r| r.is_empty()),
         "{released:?}"
     );
-    lab(&["virsh", "node-a", "migrate-setspeed", &moving_vm, "1000"]);
+    kvmotion_tests::lab::lift_cap("node-a", &moving_vm);
     rig.wait_phase(&moving_name, "Succeeded", Duration::from_secs(120))
         .await;
     moved.moved_whole_to("node-b", before).await;
