@@ -35,6 +35,27 @@ pub struct Args {
     #[arg(long, env = "KVMOTION_MIGRATION_NETWORK", value_parser = Network::parse)]
     pub migration_network: Option<Network>,
 
+    /// How other nodes' libvirtd reach this node's daemon in a peer-to-peer
+    /// migration: `tcp` (qemu+tcp, port 16509; who may connect is up to
+    /// libvirtd's `auth_tcp`, and with "none" any host that reaches the
+    /// port controls this node's libvirt) or `tls` (qemu+tls, port 16514,
+    /// both daemons proving themselves with certificates: the production
+    /// choice).
+    #[arg(
+        long,
+        env = "KVMOTION_PEER_TRANSPORT",
+        value_enum,
+        default_value_t = PeerTransport::Tcp
+    )]
+    pub peer_transport: PeerTransport,
+
+    /// With `--peer-transport tls`: the directory of the client
+    /// certificates a source node's libvirtd presents to this one
+    /// (libvirt's `pkipath`; its defaults under /etc/pki when unset). The
+    /// same path on every node.
+    #[arg(long, env = "KVMOTION_PEER_PKI_PATH")]
+    pub peer_pki_path: Option<String>,
+
     /// Address the API listens on.
     #[arg(long, env = "KVMOTION_LISTEN", default_value = "0.0.0.0:9443")]
     pub listen: SocketAddr,
@@ -130,6 +151,15 @@ pub struct Args {
     pub log_format: String,
 }
 
+/// The connection between two nodes' libvirt daemons.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerTransport {
+    /// qemu+tcp: authenticated only as libvirtd's `auth_tcp` says.
+    Tcp,
+    /// qemu+tls: both daemons authenticated by certificates, encrypted.
+    Tls,
+}
+
 /// An IP network in CIDR notation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Network {
@@ -216,6 +246,23 @@ impl Args {
         self.migration_address.as_deref().unwrap_or_default()
     }
 
+    /// The libvirt URI other nodes' daemons reach this one on.
+    pub fn peer_libvirt_uri(&self) -> String {
+        let host = uri_host(self.migration_address());
+        match (self.peer_transport, &self.peer_pki_path) {
+            (PeerTransport::Tcp, _) => format!("qemu+tcp://{host}/system"),
+            (PeerTransport::Tls, None) => format!("qemu+tls://{host}/system"),
+            (PeerTransport::Tls, Some(pki)) => {
+                format!("qemu+tls://{host}/system?pkipath={pki}")
+            }
+        }
+    }
+
+    /// The URI QEMU on a source node sends the migration stream to.
+    pub fn migration_uri(&self) -> String {
+        format!("tcp://{}", uri_host(self.migration_address()))
+    }
+
     /// The endpoint peers and the controller use.
     pub fn endpoint(&self) -> String {
         self.advertise_endpoint.clone().unwrap_or_else(|| {
@@ -233,9 +280,74 @@ impl Args {
     }
 }
 
+/// An address as the host part of a URI: an IPv6 literal in brackets.
+fn uri_host(addr: &str) -> String {
+    if addr.contains(':') && !addr.starts_with('[') {
+        format!("[{addr}]")
+    } else {
+        addr.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_peer_uris_follow_the_transport_and_bracket_ipv6() {
+        use clap::Parser;
+        // (case, extra flags, migration address, libvirt URI, migration URI)
+        let cases: [(&str, &[&str], &str, &str, &str); 5] = [
+            (
+                "tcp by default",
+                &[],
+                "10.99.0.2",
+                "qemu+tcp://10.99.0.2/system",
+                "tcp://10.99.0.2",
+            ),
+            (
+                "tls",
+                &["--peer-transport", "tls"],
+                "10.99.0.2",
+                "qemu+tls://10.99.0.2/system",
+                "tcp://10.99.0.2",
+            ),
+            (
+                "tls with a pki path",
+                &["--peer-transport", "tls", "--peer-pki-path", "/etc/pki/kvm"],
+                "node-b.example",
+                "qemu+tls://node-b.example/system?pkipath=/etc/pki/kvm",
+                "tcp://node-b.example",
+            ),
+            (
+                "ipv6",
+                &[],
+                "fd00::2",
+                "qemu+tcp://[fd00::2]/system",
+                "tcp://[fd00::2]",
+            ),
+            (
+                "tcp ignores a pki path",
+                &["--peer-pki-path", "/x"],
+                "10.0.0.1",
+                "qemu+tcp://10.0.0.1/system",
+                "tcp://10.0.0.1",
+            ),
+        ];
+        for (case, extra, addr, libvirt, migration) in cases {
+            let mut argv = vec![
+                "kvmotion-agent",
+                "--node-name",
+                "n",
+                "--migration-address",
+                addr,
+            ];
+            argv.extend_from_slice(extra);
+            let args = Args::try_parse_from(argv).expect(case);
+            assert_eq!(args.peer_libvirt_uri(), libvirt, "{case}");
+            assert_eq!(args.migration_uri(), migration, "{case}");
+        }
+    }
 
     #[test]
     fn a_network_contains_exactly_its_addresses() {

@@ -54,7 +54,7 @@ pub async fn run(mut args: Args) -> Result<(), Error> {
     let kube = client(&args).await?;
     let lv = connect_libvirt(&args).await;
     let endpoint = args.endpoint();
-    info!(node = %args.node_name, %endpoint, libvirt = %args.libvirt_uri, "agent starting");
+    info!(node = %args.node_name, %endpoint, libvirt = %args.libvirt_uri, peer = %args.peer_libvirt_uri(), "agent starting");
     let metrics = Arc::new(Metrics::default());
     let dir = args.state_dir.clone();
     let state = tokio::task::spawn_blocking(move || StateDir::open(&dir))
@@ -68,8 +68,8 @@ pub async fn run(mut args: Args) -> Result<(), Error> {
         lv.clone(),
         EngineConfig {
             node: args.node_name.clone(),
-            libvirt_uri: format!("qemu+tcp://{}/system", args.migration_address()),
-            migration_uri: format!("tcp://{}", args.migration_address()),
+            libvirt_uri: args.peer_libvirt_uri(),
+            migration_uri: args.migration_uri(),
             endpoint: endpoint.clone(),
             poll: Duration::from_millis(args.poll_ms.max(100)),
         },

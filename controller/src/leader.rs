@@ -53,9 +53,14 @@ enum Woke {
     Released,
 }
 
-/// Returns once the Lease has no holder (its leader released it), seen by
-/// a watch; never when the watch cannot be made (the manager's own expiry
-/// timing still applies then).
+/// Returns once the Lease, held by another replica, has no holder (its
+/// leader released it), seen by a watch; never when the watch cannot be
+/// made (the manager's own expiry timing still applies then).
+///
+/// A Lease that is free when first seen does not count: the manager is
+/// taking it already, and cutting that campaign short to start another
+/// one would repeat forever whenever the watch answers before the
+/// manager's acquisition does (a loaded API server).
 async fn released(client: &Client, lease: &LeaseConfig) {
     use futures::StreamExt;
     use k8s_openapi::api::coordination::v1::Lease;
@@ -64,16 +69,26 @@ async fn released(client: &Client, lease: &LeaseConfig) {
     let config = watcher::Config::default().fields(&format!("metadata.name={}", lease.name));
     let stream = watcher(api, config).applied_objects();
     tokio::pin!(stream);
-    // The first event shows the Lease as it is: held, or just released.
+    let mut held_by_another = false;
     while let Some(event) = stream.next().await {
         if let Ok(l) = event {
             let holder = l.spec.and_then(|s| s.holder_identity).unwrap_or_default();
-            if holder.is_empty() {
+            if release_seen(&mut held_by_another, &holder, &lease.identity) {
                 return;
             }
         }
     }
     std::future::pending::<()>().await
+}
+
+/// Whether a Lease holder just seen ends another replica's hold: true only
+/// for an empty holder after a holder other than `me` was seen.
+fn release_seen(held_by_another: &mut bool, holder: &str, me: &str) -> bool {
+    if holder.is_empty() {
+        return *held_by_another;
+    }
+    *held_by_another = holder != me;
+    false
 }
 
 /// Runs one term's `work` until the Lease is `lost`, the work ends, or
@@ -207,6 +222,27 @@ mod tests {
 
     async fn after(secs: u64) {
         tokio::time::sleep(Duration::from_secs(secs)).await
+    }
+
+    #[test]
+    fn only_a_release_by_another_holder_cuts_the_campaign_short() {
+        // (case, holders seen in order, fires at the last one)
+        let cases: [(&str, &[&str], bool); 6] = [
+            ("free when first seen: the manager takes it", &[""], false),
+            ("free, then ours", &["", "me"], false),
+            ("held by another, then released", &["other", ""], true),
+            ("free, another takes it, releases", &["", "other", ""], true),
+            ("another, then ours, then free", &["other", "me", ""], false),
+            ("still held by another", &["other", "other"], false),
+        ];
+        for (case, holders, fires) in cases {
+            let mut held = false;
+            let mut last = false;
+            for h in holders {
+                last = release_seen(&mut held, h, "me");
+            }
+            assert_eq!(last, fires, "{case}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -186,9 +186,14 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Starts a watch cache of `api` and returns it once filled, with the task
-/// feeding it; `changed`, if given, is signalled on every change.
-async fn cache<K>(api: Api<K>, changed: Option<Arc<tokio::sync::Notify>>) -> (Store<K>, AbortOnDrop)
+/// Starts a watch cache of the objects of `api` that `config` selects and
+/// returns it once filled, with the task feeding it; `changed`, if given,
+/// is signalled on every change.
+async fn cache<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: Option<Arc<tokio::sync::Notify>>,
+) -> (Store<K>, AbortOnDrop)
 where
     K: kube::Resource
         + Clone
@@ -200,10 +205,7 @@ where
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
     let (store, writer) = reflector::store();
-    let stream = reflector(
-        writer,
-        watcher(api, watcher::Config::default()).default_backoff(),
-    );
+    let stream = reflector(writer, watcher(api, config).default_backoff());
     let feed = AbortOnDrop(tokio::spawn(stream.for_each(move |_| {
         if let Some(c) = &changed {
             c.notify_one();
@@ -225,23 +227,39 @@ async fn run_controller(
     let client = setup.client.clone();
     let resource = ApiResource::erase::<VirtualMachineMigration>(&());
     let policy_changed = Arc::new(tokio::sync::Notify::new());
-    let ((hypervisors, hv_feed), (policies, policy_feed), (leases, lease_feed), (nodes, node_feed)) = tokio::join!(
-        cache(Api::<Hypervisor>::all(client.clone()), None),
+    let all = watcher::Config::default;
+    let mut selected = all();
+    if let Some(sel) = &setup.selector {
+        selected = selected.labels(sel);
+    }
+    let (
+        (hypervisors, hv_feed),
+        (policies, policy_feed),
+        (leases, lease_feed),
+        (nodes, node_feed),
+        (evacuations, evacuation_feed),
+    ) = tokio::join!(
+        cache(Api::<Hypervisor>::all(client.clone()), all(), None),
         cache(
             Api::<MigrationPolicy>::all(client.clone()),
+            all(),
             Some(policy_changed.clone())
         ),
         cache(
             Api::<Lease>::namespaced(client.clone(), &setup.agent_namespace),
+            all(),
             None
         ),
-        cache(Api::<Node>::all(client.clone()), None),
+        cache(Api::<Node>::all(client.clone()), all(), None),
+        // Read by target choice: a node being emptied takes no VM.
+        cache(
+            Api::<NodeEvacuation>::all(client.clone()),
+            selected.clone(),
+            None
+        ),
     );
     let (wake, woken) = futures::channel::mpsc::unbounded();
-    let mut watch = watcher::Config::default();
-    if let Some(sel) = &setup.selector {
-        watch = watch.labels(sel);
-    }
+    let watch = selected;
     // On shutdown the controller starts no new reconcile and lets the
     // running ones write their status (the term drains them).
     let controller = Controller::new_with(migrations_api(&client), watch, resource)
@@ -254,6 +272,7 @@ async fn run_controller(
         policies,
         leases,
         nodes,
+        evacuations,
     };
     let ctx = Arc::new(Context {
         api: migrations_api(&client),
@@ -293,6 +312,7 @@ async fn run_controller(
         policy_feed,
         lease_feed,
         node_feed,
+        evacuation_feed,
         policy_wakes,
         gauges,
     );

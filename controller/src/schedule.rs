@@ -27,6 +27,9 @@ pub struct Inputs<'a> {
     /// Kubernetes Nodes that are cordoned (`spec.unschedulable`): a node
     /// being drained takes no VM.
     pub cordoned: &'a BTreeSet<String>,
+    /// Nodes a NodeEvacuation is emptying: what moves there would have to
+    /// move again.
+    pub evacuating: &'a BTreeSet<String>,
     /// Migrations in flight toward each node.
     pub inbound: &'a BTreeMap<String, u32>,
     /// Most migrations in flight toward one node (the policy's limit).
@@ -50,6 +53,8 @@ pub enum Exclusion {
     Unschedulable,
     /// Its Kubernetes Node is cordoned (`kubectl cordon`, a drain).
     NodeCordoned,
+    /// A NodeEvacuation is emptying it.
+    BeingEvacuated,
     /// Its agent's heartbeat is missing or stale.
     AgentUnavailable,
     /// Not enough free memory.
@@ -82,7 +87,7 @@ impl Exclusion {
         match self {
             Exclusion::SameNode => ConditionReason::SameNode,
             Exclusion::NotReady => ConditionReason::TargetNotReady,
-            Exclusion::Unschedulable | Exclusion::NodeCordoned => {
+            Exclusion::Unschedulable | Exclusion::NodeCordoned | Exclusion::BeingEvacuated => {
                 ConditionReason::TargetUnschedulable
             }
             Exclusion::AgentUnavailable => ConditionReason::AgentUnavailable,
@@ -101,6 +106,7 @@ impl Exclusion {
             Exclusion::NotReady => "its Hypervisor is not Ready".into(),
             Exclusion::Unschedulable => "it is unschedulable".into(),
             Exclusion::NodeCordoned => "its Node is cordoned".into(),
+            Exclusion::BeingEvacuated => "it is being evacuated".into(),
             Exclusion::AgentUnavailable => "its agent's heartbeat is stale".into(),
             Exclusion::InsufficientMemory { free } => format!("only {} MiB free", free >> 20),
             Exclusion::CpuIncompatible { arch } => format!("its CPU architecture is {arch}"),
@@ -146,6 +152,9 @@ pub fn exclusion(inp: &Inputs, hv: &Hypervisor) -> Option<Exclusion> {
     }
     if inp.cordoned.contains(&name) {
         return Some(Exclusion::NodeCordoned);
+    }
+    if inp.evacuating.contains(&name) {
+        return Some(Exclusion::BeingEvacuated);
     }
     let fresh = inp
         .heartbeats
@@ -323,6 +332,7 @@ mod tests {
             hypervisors: &[],
             heartbeats: beats,
             cordoned: &NOT_CORDONED,
+            evacuating: &NOT_CORDONED,
             inbound: none,
             inbound_limit: 2,
             selector: None,
@@ -358,6 +368,7 @@ mod tests {
             hypervisors: &all,
             heartbeats: &beats,
             cordoned: &NOT_CORDONED,
+            evacuating: &NOT_CORDONED,
             inbound: &inbound,
             inbound_limit: 2,
             selector,
@@ -430,6 +441,23 @@ mod tests {
         assert_eq!(got, Exclusion::NodeCordoned);
         assert_eq!(got.reason().as_str(), "TargetUnschedulable");
         assert_eq!(exclusion(&inputs(&source, &beats, &none), &node), None);
+    }
+
+    #[test]
+    fn a_node_being_evacuated_takes_no_vm_so_nothing_moves_twice() {
+        let source = hv("src", 1, |_| {});
+        let node = hv("n", 32, |_| {});
+        let beats: BTreeMap<String, Timestamp> = [("n".to_string(), now())].into();
+        let none = BTreeMap::new();
+        let evacuating: BTreeSet<String> = ["n".to_string()].into();
+        let inp = Inputs {
+            evacuating: &evacuating,
+            ..inputs(&source, &beats, &none)
+        };
+        let got = exclusion(&inp, &node).unwrap();
+        assert_eq!(got, Exclusion::BeingEvacuated);
+        assert_eq!(got.reason().as_str(), "TargetUnschedulable");
+        assert_eq!(got.describe(), "it is being evacuated");
     }
 
     #[test]

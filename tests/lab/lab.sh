@@ -75,12 +75,53 @@ node_exec() {
   nsenter -t "$(pid_of "$node")" -m -n -u -- "$@"
 }
 
+# The lab's certificate authority, made by the first `up` and gone with
+# `down`. A second `up` keeps it: running daemons hold the certificates
+# they loaded at start, and new ones from another CA would fail every TLS
+# connection between them.
+make_ca() {
+  local ca=$LAB/pki
+  [ -s "$ca/cacert.pem" ] && return 0
+  mkdir -p "$ca"
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -keyout "$ca/ca-key.pem" -out "$ca/cacert.pem" \
+    -subj "/O=kvmotion-lab/CN=kvmotion lab CA" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+}
+
+# NODE's certificate (server and client, its name and both addresses as
+# subject names, signed by the lab CA), laid out where libvirtd and QEMU
+# look by default: the node's $d/pki is the hypervisor's /etc/pki.
+make_node_pki() { # make_node_pki NODE
+  local node=$1 ca=$LAB/pki p; p=$(node_dir "$1")/pki
+  [ -s "$p/qemu/client-key.pem" ] && return 0
+  mkdir -p "$p"/{CA,libvirt/private,qemu}
+  openssl req -new -newkey rsa:2048 -nodes -keyout "$p/key.pem" -out "$p/req.csr" \
+    -subj "/O=kvmotion-lab/CN=$node" 2>/dev/null
+  openssl x509 -req -in "$p/req.csr" -CA "$ca/cacert.pem" -CAkey "$ca/ca-key.pem" -CAcreateserial \
+    -days 30 -out "$p/cert.pem" -extfile <(printf '%s\n' \
+      "subjectAltName=DNS:$node,IP:${MIG_IP[$node]},IP:${MGMT_IP[$node]}" \
+      "basicConstraints=CA:FALSE" \
+      "keyUsage=critical,digitalSignature,keyEncipherment" \
+      "extendedKeyUsage=serverAuth,clientAuth") 2>/dev/null
+  cp "$ca/cacert.pem" "$p/CA/cacert.pem"
+  cp "$p/cert.pem" "$p/libvirt/servercert.pem"; cp "$p/key.pem" "$p/libvirt/private/serverkey.pem"
+  cp "$p/cert.pem" "$p/libvirt/clientcert.pem"; cp "$p/key.pem" "$p/libvirt/private/clientkey.pem"
+  cp "$ca/cacert.pem" "$p/qemu/ca-cert.pem"
+  cp "$p/cert.pem" "$p/qemu/server-cert.pem"; cp "$p/key.pem" "$p/qemu/server-key.pem"
+  cp "$p/cert.pem" "$p/qemu/client-cert.pem"; cp "$p/key.pem" "$p/qemu/client-key.pem"
+  rm -f "$p/req.csr" "$p/key.pem" "$p/cert.pem"
+  chmod -R go-rwx "$p"
+}
+
 write_config() { # write_config NODE
   local node=$1 d; d=$(node_dir "$1")
   mkdir -p "$d"/{etc/libvirt,run/libvirt,var/lib/libvirt,var/cache/libvirt,var/log/libvirt/qemu,local}
   cp -rn "$ROOTFS/etc/libvirt/." "$d/etc/libvirt/"
+  make_node_pki "$node"
+  # TCP without authentication (any host reaching the port controls the
+  # node) beside TLS with client certificates: tests use both.
   cat >"$d/etc/libvirt/libvirtd.conf" <<CONF
-listen_tls = 0
+listen_tls = 1
 listen_tcp = 1
 listen_addr = "${MIG_IP[$node]}"
 auth_tcp = "none"
@@ -103,6 +144,8 @@ stdio_handler = "file"
 migration_address = "${MIG_IP[$node]}"
 migration_host = "${MIG_IP[$node]}"
 shared_filesystems = [ "$SHARED" ]
+migrate_tls_x509_cert_dir = "/etc/pki/qemu"
+migrate_tls_x509_verify = 1
 CONF
   local guest_cache=${KVMOTION_CACHE:-$HOME/.cache/kvmotion}/lab
   cat >"$d/init.sh" <<INIT
@@ -126,6 +169,7 @@ for p in /etc/libvirt /run/libvirt /var/lib/libvirt /var/cache/libvirt /var/log/
 done
 mkdir -p $LOCAL; mount --bind "$d/local" $LOCAL; mount --bind "$d/local" "\$R$LOCAL"
 mount --bind "$LAB" "\$R$LAB"
+mkdir -p "\$R/etc/pki"; mount --bind "$d/pki" "\$R/etc/pki"
 mkdir -p "\$R$guest_cache"; mount --bind "$guest_cache" "\$R$guest_cache"
 ip link set lo up
 exec chroot "\$R" libvirtd --listen --config /etc/libvirt/libvirtd.conf --pid-file /run/libvirt/libvirtd.pid
@@ -197,6 +241,7 @@ cmd_up() {
   mkdir -p "$SHARED"
   echo "$ROOTFS" >"$LAB/rootfs"
   net_up
+  make_ca
   for node in "${NODES[@]}"; do
     write_config "$node"
     start_libvirtd "$node"

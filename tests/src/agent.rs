@@ -326,10 +326,15 @@ impl Agents {
 
     /// Like `start`, with `a_extra` flags for node-a's agent.
     pub async fn start_with(module: &str, line: u32, a_extra: &[&str]) -> Agents {
+        Agents::start_each(module, line, a_extra, &[]).await
+    }
+
+    /// Like `start`, with extra flags for each node's agent.
+    pub async fn start_each(module: &str, line: u32, a_extra: &[&str], b_extra: &[&str]) -> Agents {
         let label = format!("{}-{line}", module.rsplit("::").next().unwrap_or(module));
         Agents {
             a: AgentProcess::start("node-a", &label, a_extra).await,
-            b: AgentProcess::start("node-b", &label, &[]).await,
+            b: AgentProcess::start("node-b", &label, b_extra).await,
         }
     }
 

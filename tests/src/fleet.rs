@@ -170,6 +170,12 @@ impl Fleet {
         self.shared.0.lock().expect("fleet state").peaks.clone()
     }
 
+    /// The target of every job started, in no order.
+    pub fn job_targets(&self) -> Vec<String> {
+        let st = self.shared.0.lock().expect("fleet state");
+        st.jobs.values().map(|j| j.target.clone()).collect()
+    }
+
     /// Which node runs guest `uuid`, if exactly one does.
     pub fn running_on(&self, uuid: &str) -> Vec<String> {
         let st = self.shared.0.lock().expect("fleet state");

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod capture;
 pub mod chart;
 pub mod cluster;
 pub mod control_plane;

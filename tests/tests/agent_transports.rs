@@ -1,19 +1,48 @@
 //! Migration transports on the lab: a Tunnelled move travels inside the
 //! connection between the two libvirt daemons (no QEMU migration port is
-//! opened), while a Direct one opens QEMU's own connection; both leave the
-//! guest running on the target in the same boot.
+//! opened), while a Direct one opens QEMU's own connection; with TLS (the
+//! daemons' `qemu+tls` connection, QEMU's native TLS) what crosses the
+//! link is ciphertext, which a capture of the link shows; every move
+//! leaves the guest running on the target in the same boot.
 
 use std::time::Duration;
 
 use kvmotion_api::agent::JobPhase;
 use kvmotion_api::tuning::Transport;
 use kvmotion_tests::agent::{Agents, Drive};
+use kvmotion_tests::capture::{
+    Capture, QEMU_STREAM_HEADER, Segment, TLS_HANDSHAKE, carries, first_payloads_to,
+};
 use kvmotion_tests::lab::{Guest, GuestSpec, exclusive, lab};
 
 /// QEMU's migration ports (libvirt's `migration_port_min`..`max`).
 const QEMU_PORTS: std::ops::RangeInclusive<u16> = 49152..=49215;
 /// libvirtd's TCP port, which carries a tunnel.
 const LIBVIRTD_PORT: u16 = 16509;
+/// libvirtd's TLS port.
+const LIBVIRTD_TLS_PORT: u16 = 16514;
+
+/// The ports segments were sent to.
+fn ports_sent_to(segments: &[Segment]) -> Vec<u16> {
+    let mut ports: Vec<u16> = segments.iter().map(|s| s.dst_port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+/// Asserts every connection to a port in `ports` opened with a TLS
+/// handshake, and that there was at least one.
+fn opened_with_tls(segments: &[Segment], ports: std::ops::RangeInclusive<u16>, what: &str) {
+    let firsts = first_payloads_to(segments, &ports);
+    assert!(!firsts.is_empty(), "no {what} connection was captured");
+    for (port, payload) in firsts {
+        assert!(
+            payload.starts_with(&TLS_HANDSHAKE),
+            "{what} on port {port} began with {:02x?}, not a TLS handshake",
+            &payload[..payload.len().min(8)]
+        );
+    }
+}
 
 /// The ports `node` holds established TCP connections to on `peer`.
 fn ports_to(node: &str, peer: &str) -> Vec<u16> {
@@ -75,4 +104,80 @@ async fn a_tunnelled_move_travels_inside_the_daemons_connection_and_a_direct_one
     let (done, _) = direct.wait(&agents, Duration::from_secs(120)).await;
     assert_eq!(done.phase, JobPhase::Completed, "{done:?}");
     guest.moved_whole_to("node-a", mid).await;
+}
+
+#[tokio::test]
+async fn over_tls_the_link_carries_only_ciphertext_and_a_plain_move_shows_qemus_stream() {
+    let _lab = exclusive().await;
+    let tls = ["--peer-transport", "tls"];
+    let agents = Agents::start_each(module_path!(), line!(), &tls, &tls).await;
+    let guest = Guest::start("node-a", "tr-tls", &GuestSpec::default()).await;
+    let before = guest.last_beat("node-a").expect("beating");
+
+    // Direct with QEMU's TLS, over the daemons' qemu+tls connection.
+    let capture = Capture::start("node-a", "tls-direct").await;
+    let mut direct_tls = Drive::new("tr-tls-1", &guest, "node-a");
+    direct_tls.tuning.tls = true;
+    let (code, started) = direct_tls.start(&agents).await;
+    assert_eq!(code, 200, "{started}");
+    let (done, _) = direct_tls.wait(&agents, Duration::from_secs(120)).await;
+    assert_eq!(done.phase, JobPhase::Completed, "{done:?}");
+    let seen = capture.finish();
+    let ports = ports_sent_to(&seen);
+    assert!(ports.contains(&LIBVIRTD_TLS_PORT), "{ports:?}");
+    assert!(
+        !ports.contains(&LIBVIRTD_PORT),
+        "qemu+tcp was used: {ports:?}"
+    );
+    opened_with_tls(
+        &seen,
+        LIBVIRTD_TLS_PORT..=LIBVIRTD_TLS_PORT,
+        "the daemons' connection",
+    );
+    opened_with_tls(&seen, QEMU_PORTS, "QEMU's migration stream");
+    assert!(
+        !carries(&seen, &QEMU_STREAM_HEADER),
+        "QEMU's stream header crossed the link in clear"
+    );
+    guest.moved_whole_to("node-b", before).await;
+    let mid = guest.last_beat("node-b").expect("beating");
+
+    // Tunnelled inside the qemu+tls connection: one encrypted port only.
+    let capture = Capture::start("node-b", "tls-tunnel").await;
+    let mut tunnelled = Drive::new("tr-tls-2", &guest, "node-b");
+    tunnelled.tuning.transport = Transport::Tunnelled;
+    tunnelled.tuning.post_copy = false;
+    let (code, started) = tunnelled.start(&agents).await;
+    assert_eq!(code, 200, "{started}");
+    let (done, _) = tunnelled.wait(&agents, Duration::from_secs(120)).await;
+    assert_eq!(done.phase, JobPhase::Completed, "{done:?}");
+    let seen = capture.finish();
+    let ports = ports_sent_to(&seen);
+    assert!(
+        !ports.iter().any(|p| QEMU_PORTS.contains(p)),
+        "a QEMU migration connection was opened: {ports:?}"
+    );
+    opened_with_tls(&seen, LIBVIRTD_TLS_PORT..=LIBVIRTD_TLS_PORT, "the tunnel");
+    assert!(
+        !carries(&seen, &QEMU_STREAM_HEADER),
+        "QEMU's stream header crossed the link in clear"
+    );
+    guest.moved_whole_to("node-a", mid).await;
+    let mid = guest.last_beat("node-a").expect("beating");
+
+    // The control: without QEMU's TLS the same capture sees the stream's
+    // header in clear, so the checks above can fail.
+    let capture = Capture::start("node-a", "plain").await;
+    let plain = Drive::new("tr-tls-3", &guest, "node-a");
+    let (code, started) = plain.start(&agents).await;
+    assert_eq!(code, 200, "{started}");
+    let (done, _) = plain.wait(&agents, Duration::from_secs(120)).await;
+    assert_eq!(done.phase, JobPhase::Completed, "{done:?}");
+    let seen = capture.finish();
+    assert!(
+        carries(&seen, &QEMU_STREAM_HEADER),
+        "a plain move's stream header was not seen: {:?}",
+        ports_sent_to(&seen)
+    );
+    guest.moved_whole_to("node-b", mid).await;
 }

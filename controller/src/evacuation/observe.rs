@@ -181,12 +181,8 @@ fn fresh_plan(
             *reserved.entry(target).or_default() += bytes;
         }
     }
-    let evacuating: BTreeSet<String> = snap
-        .evacuations
-        .iter()
-        .filter(|o| active(o) && o.spec.node_name != evac.spec.node_name)
-        .map(|o| o.spec.node_name.clone())
-        .collect();
+    let mut evacuating = world::evacuating(snap.evacuations.iter().map(|e| &**e));
+    evacuating.remove(&evac.spec.node_name);
     plan::plan(&Inputs {
         source: &remaining,
         hypervisors: snap.hypervisors,

@@ -108,6 +108,7 @@ pub fn plan(inp: &Inputs) -> Plan {
         hypervisors: inp.hypervisors,
         heartbeats: inp.heartbeats,
         cordoned: inp.cordoned,
+        evacuating: inp.evacuating,
         inbound: &BTreeMap::new(),
         inbound_limit: u32::MAX,
         selector: inp.selector,
@@ -121,7 +122,6 @@ pub fn plan(inp: &Inputs) -> Plan {
         let why = match schedule::exclusion(&static_inputs, hv) {
             Some(Exclusion::SameNode) => continue,
             Some(e) => Some(e.describe()),
-            None if inp.evacuating.contains(&name) => Some("it is being evacuated".into()),
             None => None,
         };
         match why {

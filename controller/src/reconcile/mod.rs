@@ -55,6 +55,8 @@ pub struct Stores {
     pub leases: Store<Lease>,
     /// Kubernetes Nodes (cordons).
     pub nodes: Store<k8s_openapi::api::core::v1::Node>,
+    /// NodeEvacuations: their nodes take no VM.
+    pub evacuations: Store<kvmotion_api::evacuation::NodeEvacuation>,
 }
 
 /// What every reconciliation shares.
@@ -114,6 +116,7 @@ impl Context {
             policies: self.stores.policies.state(),
             heartbeats: world::heartbeats(self.stores.leases.state().iter().map(|l| &**l)),
             cordoned: world::cordoned(self.stores.nodes.state().iter().map(|n| &**n)),
+            evacuating: world::evacuating(self.stores.evacuations.state().iter().map(|e| &**e)),
             flights: if world::needs_flights(phase) {
                 self.flights()
             } else {

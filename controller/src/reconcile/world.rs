@@ -29,6 +29,8 @@ pub struct World {
     pub flights: Vec<Arc<Flight>>,
     /// Kubernetes Nodes that are cordoned.
     pub cordoned: BTreeSet<String>,
+    /// Nodes an active NodeEvacuation is emptying.
+    pub evacuating: BTreeSet<String>,
 }
 
 /// What concurrency and uniqueness need to know about one migration.
@@ -181,6 +183,25 @@ pub fn needs_flights(phase: Option<Phase>) -> bool {
     }
 }
 
+/// The nodes being emptied: those of every NodeEvacuation that is neither
+/// ended, deleted nor a dry run (a what-if moves nothing, so its node can
+/// still take VMs).
+pub fn evacuating<'a>(
+    evacuations: impl IntoIterator<Item = &'a kvmotion_api::evacuation::NodeEvacuation>,
+) -> BTreeSet<String> {
+    evacuations
+        .into_iter()
+        .filter(|e| !e.spec.dry_run && e.metadata.deletion_timestamp.is_none())
+        .filter(|e| {
+            e.status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .is_none_or(|p| !p.is_terminal())
+        })
+        .map(|e| e.spec.node_name.clone())
+        .collect()
+}
+
 /// The Kubernetes Nodes that are cordoned (`spec.unschedulable`).
 pub fn cordoned<'a>(
     nodes: impl IntoIterator<Item = &'a k8s_openapi::api::core::v1::Node>,
@@ -244,6 +265,77 @@ impl World {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_is_being_evacuated_while_a_real_evacuation_of_it_is_active() {
+        use kvmotion_api::evacuation::{
+            EvacuationPhase, LiveImpossible, NodeEvacuation, NodeEvacuationSpec,
+            NodeEvacuationStatus,
+        };
+        let evac = |node: &str, dry_run: bool, phase: Option<EvacuationPhase>, deleted: bool| {
+            let mut e = NodeEvacuation::new(
+                &format!("drain-{node}"),
+                NodeEvacuationSpec {
+                    node_name: node.into(),
+                    dry_run,
+                    policy_ref: None,
+                    target_selector: None,
+                    live_impossible: LiveImpossible::Fail,
+                    max_parallel: None,
+                },
+            );
+            e.status = phase.map(|p| NodeEvacuationStatus {
+                phase: Some(p),
+                ..Default::default()
+            });
+            if deleted {
+                e.metadata.deletion_timestamp = Some(
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::UNIX_EPOCH),
+                );
+            }
+            e
+        };
+        use EvacuationPhase as P;
+        // (case, evacuation, its node counts as being evacuated)
+        let cases = [
+            ("new, no status yet", evac("a", false, None, false), true),
+            ("planning", evac("a", false, Some(P::Planning), false), true),
+            (
+                "evacuating",
+                evac("a", false, Some(P::Evacuating), false),
+                true,
+            ),
+            (
+                "blocked: still to be emptied",
+                evac("a", false, Some(P::Blocked), false),
+                true,
+            ),
+            (
+                "a dry run moves nothing",
+                evac("a", true, Some(P::Planned), false),
+                false,
+            ),
+            (
+                "completed",
+                evac("a", false, Some(P::Completed), false),
+                false,
+            ),
+            ("failed", evac("a", false, Some(P::Failed), false), false),
+            (
+                "cancelled",
+                evac("a", false, Some(P::Cancelled), false),
+                false,
+            ),
+            (
+                "being deleted",
+                evac("a", false, Some(P::Evacuating), true),
+                false,
+            ),
+        ];
+        for (case, e, want) in cases {
+            assert_eq!(evacuating([&e]).contains("a"), want, "{case}");
+        }
+    }
 
     fn flight(uuid: Option<&str>, name: Option<&str>, source: Option<&str>) -> Flight {
         Flight {

@@ -196,6 +196,7 @@ fn inputs<'a>(
         hypervisors: &obs.world.hypervisors,
         heartbeats: &obs.world.heartbeats,
         cordoned: &obs.world.cordoned,
+        evacuating: &obs.world.evacuating,
         inbound,
         inbound_limit: limit,
         selector: obs

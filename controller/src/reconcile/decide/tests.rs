@@ -123,6 +123,7 @@ impl Obs {
                 heartbeats,
                 flights: vec![],
                 cordoned: Default::default(),
+                evacuating: Default::default(),
             },
             reading: Reading::Nothing,
             last_progress_write: None,
