@@ -5,7 +5,7 @@ CARGO ?= cargo
 CP := tests/control-plane
 
 .PHONY: help deps build crds crds-check manifests chart-lint lint unit test demo demo-down integration \
-        bench-agent bench bench-evacuation control-plane-build control-plane-up control-plane-down lab-up \
+        bench-agent bench bench-evacuation bench-transports control-plane-build control-plane-up control-plane-down lab-up \
         lab-down clean images
 
 help: ## List the targets
@@ -66,10 +66,15 @@ bench-agent: ## Agent vs virsh on the lab; writes target/bench/agent.json
 	@$(CP)/up.sh && tests/lab/lab.sh up && \
 	  $(CARGO) run --release -q -p kvmotion-tests --bin bench-agent
 
-bench: ## Controller vs virsh on the lab, and 1,000 migrations on fake agents; writes target/bench/controller.json
+bench: ## Controller vs virsh on the lab, 1,000 migrations on fake agents, the transports; writes target/bench/controller.json and transports.json
 	@$(CP)/up.sh && tests/lab/lab.sh up && \
 	  $(CARGO) run --release -q -p kvmotion-tests --bin bench-controller && \
-	  $(CARGO) run --release -q -p kvmotion-tests --bin bench-scale
+	  $(CARGO) run --release -q -p kvmotion-tests --bin bench-scale && \
+	  $(CARGO) run --release -q -p kvmotion-tests --bin bench-transports
+
+bench-transports: ## One guest moved Direct, Tunnelled, TLS and Tunnelled over qemu+tls, side by side; writes target/bench/transports.json
+	@$(CP)/up.sh && tests/lab/lab.sh up && \
+	  $(CARGO) run --release -q -p kvmotion-tests --bin bench-transports
 
 bench-evacuation: ## Four guests evacuated by a NodeEvacuation vs a sequential virsh loop, and a 100-node fleet's plan time; writes target/bench/evacuation.json
 	@$(CP)/up.sh && tests/lab/lab.sh up && \

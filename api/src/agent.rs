@@ -248,6 +248,25 @@ pub struct DomainPresence {
     pub migrating: bool,
 }
 
+/// `POST /v1/domains/{vm}/dirty-rate?seconds=N`: how fast the guest
+/// dirties its memory, measured by libvirt's page sampling over N seconds
+/// (1 by default), for predicting how a move will go.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DirtyRate {
+    /// Bytes the guest dirtied per second (libvirt reports whole MiB/s).
+    pub bytes_per_second: u64,
+    /// Memory its QEMU holds: the pages with data a first pass sends.
+    pub resident_bytes: u64,
+    /// The guest's memory.
+    pub memory_bytes: u64,
+    /// How long it was measured.
+    pub period_seconds: u32,
+}
+
+/// The longest dirty-rate measurement the agent API takes, seconds.
+pub const DIRTY_RATE_MAX_SECONDS: u32 = 60;
+
 /// `POST /v1/domains/{vm}/abort-job`: what was aborted.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

@@ -402,6 +402,24 @@ impl AgentClient {
         .await
     }
 
+    /// `POST /v1/domains/{vm}/dirty-rate?seconds=N`: measures how fast the
+    /// guest dirties its memory; the answer comes after the measurement.
+    pub async fn dirty_rate(
+        &self,
+        endpoint: &str,
+        vm: &str,
+        seconds: u32,
+    ) -> Result<crate::agent::DirtyRate, Error> {
+        self.json(
+            "POST",
+            domain_url(endpoint, vm, &format!("/dirty-rate?seconds={seconds}")),
+            None::<&()>,
+            // The measurement itself, and libvirt's report after it.
+            Duration::from_secs(u64::from(seconds) + 5),
+        )
+        .await
+    }
+
     async fn post_empty<T: DeserializeOwned>(
         &self,
         endpoint: &str,

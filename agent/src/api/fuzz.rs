@@ -147,7 +147,15 @@ fn path() -> impl Strategy<Value = String> {
         (segment(), action, query).prop_map(|(id, a, q)| format!("/v1/migrations/{id}{a}{q}")),
         (
             segment(),
-            proptest::sample::select(vec!["", "/abort-job", "/undefine-stale", "/x"])
+            proptest::sample::select(vec![
+                "",
+                "/abort-job",
+                "/undefine-stale",
+                "/dirty-rate",
+                "/dirty-rate?seconds=0",
+                "/dirty-rate?seconds=x",
+                "/x"
+            ])
         )
             .prop_map(|(vm, a)| format!("/v1/domains/{vm}{a}")),
         Just("/healthz".to_string()),

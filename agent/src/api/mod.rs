@@ -79,6 +79,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             &format!("{v1}/domains/{{vm}}/abort-job"),
             post(abort_domain_job),
         )
+        .route(&format!("{v1}/domains/{{vm}}/dirty-rate"), post(dirty_rate))
         .route(
             &format!("{v1}/domains/{{vm}}/undefine-stale"),
             post(undefine_stale),
@@ -158,6 +159,15 @@ async fn metrics(State(s): St) -> Response {
         .into_response()
 }
 
+/// A query string, or the 400 that names what is wrong with it.
+fn parsed<T>(
+    query: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, Error> {
+    query
+        .map(|q| q.0)
+        .map_err(|e| Error::BadRequest(format!("query: {}", e.body_text())))
+}
+
 /// `?waitSeconds=N` (at most 30) long-polls: the answer comes at the next
 /// change of the job (progress or phase), or after N seconds.
 #[derive(serde::Deserialize)]
@@ -173,11 +183,7 @@ async fn status(
     h: HeaderMap,
 ) -> Response {
     guarded(&s, &h, Role::Controller, "read a migration", || async {
-        let wait = query
-            .map_err(|e| Error::BadRequest(format!("query: {}", e.body_text())))?
-            .wait_seconds
-            .unwrap_or(0)
-            .min(30);
+        let wait = parsed(query)?.wait_seconds.unwrap_or(0).min(30);
         let job = s.engine.job(migration_id(&id)?)?;
         let status = job.status();
         if wait == 0 || status.phase.is_final() {
@@ -265,6 +271,31 @@ async fn domain(State(s): St, Path(vm): Path<String>, h: HeaderMap) -> Response 
 async fn abort_domain_job(State(s): St, Path(vm): Path<String>, h: HeaderMap) -> Response {
     guarded(&s, &h, Role::Controller, "abort a domain's job", || async {
         s.engine.abort_domain_job(domain_ref(&vm)).await
+    })
+    .await
+}
+
+/// `?seconds=N`: how long a dirty rate is measured (1 by default).
+#[derive(serde::Deserialize)]
+struct Period {
+    seconds: Option<u32>,
+}
+
+async fn dirty_rate(
+    State(s): St,
+    Path(vm): Path<String>,
+    query: Result<axum::extract::Query<Period>, axum::extract::rejection::QueryRejection>,
+    h: HeaderMap,
+) -> Response {
+    guarded(&s, &h, Role::Controller, "measure a dirty rate", || async {
+        let seconds = parsed(query)?.seconds.unwrap_or(1);
+        let max = kvmotion_api::agent::DIRTY_RATE_MAX_SECONDS;
+        if !(1..=max).contains(&seconds) {
+            return Err(Error::BadRequest(format!(
+                "query: seconds must be 1 to {max}, not {seconds}"
+            )));
+        }
+        s.engine.dirty_rate(domain_ref(&vm), seconds).await
     })
     .await
 }

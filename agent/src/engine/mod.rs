@@ -4,6 +4,7 @@
 
 pub mod adopt;
 pub mod convergence;
+pub mod dirty;
 pub mod disksync;
 pub mod offline;
 pub mod progress;

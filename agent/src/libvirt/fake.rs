@@ -108,6 +108,13 @@ impl Libvirt for FakeLibvirt {
             job: false,
         }))
     }
+    fn start_dirty_rate(&self, _: &DomainRef, _: u32) -> Result<(), LibvirtError> {
+        Ok(())
+    }
+    // No measurement here: a dirty rate is asked of the real lab.
+    fn dirty_rate(&self, _: &DomainRef) -> Result<Option<super::DirtyRateSample>, LibvirtError> {
+        Ok(None)
+    }
     fn job_throttle(&self, _: &DomainRef) -> Result<Option<u8>, LibvirtError> {
         Ok(None)
     }

@@ -175,6 +175,21 @@ pub enum LibvirtError {
     },
 }
 
+/// A dirty-rate measurement as libvirt reports it in domain stats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DirtyRateSample {
+    /// The measurement started by [`Libvirt::start_dirty_rate`] is done.
+    pub measured: bool,
+    /// When the last measurement started (`dirtyrate.calc_start_time`):
+    /// tells a new result from an earlier one.
+    pub start_time: i64,
+    /// Its result (`dirtyrate.megabytes_per_second`), in bytes per second.
+    pub bytes_per_second: u64,
+    /// Memory the guest's QEMU holds (`balloon.rss`): the pages with data
+    /// a first migration pass must send.
+    pub resident_bytes: u64,
+}
+
 /// What the agent needs from libvirt.
 pub trait Libvirt: Send + Sync + 'static {
     /// Host versions, CPU and memory.
@@ -210,6 +225,13 @@ pub trait Libvirt: Send + Sync + 'static {
         uri: Option<&str>,
         vm: &DomainRef,
     ) -> Result<Option<DomainStanding>, LibvirtError>;
+    /// Starts measuring how fast `vm` dirties its memory over `seconds`
+    /// (libvirt's page sampling, which needs no dirty-logging support and
+    /// so works under TCG too).
+    fn start_dirty_rate(&self, vm: &DomainRef, seconds: u32) -> Result<(), LibvirtError>;
+    /// The last dirty-rate measurement of `vm` and the memory its QEMU
+    /// holds; `None` when the domain does not exist here.
+    fn dirty_rate(&self, vm: &DomainRef) -> Result<Option<DirtyRateSample>, LibvirtError>;
     /// Auto-converge throttle of the running job, percent.
     fn job_throttle(&self, vm: &DomainRef) -> Result<Option<u8>, LibvirtError>;
     /// Aborts the running job.

@@ -14,8 +14,8 @@ use virt::domain::Domain;
 use virt::sys;
 
 use super::{
-    CpuCompat, DomainStanding, FinalStats, GuestCpu, HostFacts, Libvirt, LibvirtError,
-    LibvirtEvent, MigrateCall, PostCopy, events, xml,
+    CpuCompat, DirtyRateSample, DomainStanding, FinalStats, GuestCpu, HostFacts, Libvirt,
+    LibvirtError, LibvirtEvent, MigrateCall, PostCopy, events, xml,
 };
 use crate::engine::convergence::JobSample;
 
@@ -439,6 +439,31 @@ impl Libvirt for VirtLibvirt {
         })
     }
 
+    fn start_dirty_rate(&self, vm: &DomainRef, seconds: u32) -> Result<(), LibvirtError> {
+        self.with_conn(|conn| {
+            let dom = self.require(conn, vm)?;
+            let secs = c_int::try_from(seconds).unwrap_or(c_int::MAX).max(1);
+            // SAFETY: `dom` is a live domain handle.
+            let r = unsafe {
+                sys::virDomainStartDirtyRateCalc(
+                    dom.as_ptr(),
+                    secs,
+                    sys::VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING,
+                )
+            };
+            check(r, "virDomainStartDirtyRateCalc")
+        })
+    }
+
+    fn dirty_rate(&self, vm: &DomainRef) -> Result<Option<DirtyRateSample>, LibvirtError> {
+        self.with_conn(|conn| {
+            let Some(dom) = self.lookup(conn, vm)? else {
+                return Ok(None);
+            };
+            raw_dirty_rate(&dom).map(Some)
+        })
+    }
+
     fn abort_job(&self, vm: &DomainRef) -> Result<(), LibvirtError> {
         self.with_conn(|conn| {
             let dom = self.require(conn, vm)?;
@@ -602,6 +627,70 @@ fn check(r: c_int, op: &'static str) -> Result<(), LibvirtError> {
     } else {
         Ok(())
     }
+}
+
+/// The dirty-rate and balloon stats of one domain
+/// (`virDomainListGetStats`), read with libvirt's typed-parameter getters
+/// and freed by libvirt.
+fn raw_dirty_rate(dom: &Domain) -> Result<DirtyRateSample, LibvirtError> {
+    let mut records: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
+    let stats = sys::VIR_DOMAIN_STATS_DIRTYRATE | sys::VIR_DOMAIN_STATS_BALLOON;
+    // SAFETY: `doms` is a NULL-terminated array of one live handle (`dom`
+    // outlives the call); libvirt allocates `records`.
+    let n = unsafe {
+        let mut doms = [dom.as_ptr(), std::ptr::null_mut()];
+        sys::virDomainListGetStats(doms.as_mut_ptr(), stats, &mut records, 0)
+    };
+    check(n.min(0), "virDomainListGetStats")?;
+    let mut sample = DirtyRateSample::default();
+    if n > 0 && !records.is_null() {
+        // SAFETY: libvirt returned `n` records; the first is this domain's.
+        let rec = unsafe { &**records };
+        let (params, nparams) = (rec.params, rec.nparams);
+        let mut status: c_int = 0;
+        let mut start_time: i64 = 0;
+        let mut mib: i64 = 0;
+        let mut rss_kib: u64 = 0;
+        // SAFETY: `params`/`nparams` describe the record's parameters, and
+        // each out-pointer matches its getter's type.
+        unsafe {
+            sys::virTypedParamsGetInt(
+                params,
+                nparams,
+                sys::VIR_DOMAIN_STATS_DIRTYRATE_CALC_STATUS.as_ptr(),
+                &mut status,
+            );
+            sys::virTypedParamsGetLLong(
+                params,
+                nparams,
+                sys::VIR_DOMAIN_STATS_DIRTYRATE_CALC_START_TIME.as_ptr(),
+                &mut start_time,
+            );
+            sys::virTypedParamsGetLLong(
+                params,
+                nparams,
+                sys::VIR_DOMAIN_STATS_DIRTYRATE_MEGABYTES_PER_SECOND.as_ptr(),
+                &mut mib,
+            );
+            sys::virTypedParamsGetULLong(
+                params,
+                nparams,
+                sys::VIR_DOMAIN_STATS_BALLOON_RSS.as_ptr(),
+                &mut rss_kib,
+            );
+        }
+        sample = DirtyRateSample {
+            measured: status == sys::VIR_DOMAIN_DIRTYRATE_MEASURED as c_int,
+            start_time,
+            bytes_per_second: u64::try_from(mib).unwrap_or(0).saturating_mul(1 << 20),
+            resident_bytes: rss_kib.saturating_mul(1024),
+        };
+    }
+    if !records.is_null() {
+        // SAFETY: frees exactly what virDomainListGetStats allocated.
+        unsafe { sys::virDomainStatsRecordListFree(records) };
+    }
+    Ok(sample)
 }
 
 /// `virDomainGetJobStats`, called directly: the `virt` wrapper builds a Vec
