@@ -30,6 +30,17 @@ fn ports_sent_to(segments: &[Segment]) -> Vec<u16> {
     ports
 }
 
+/// Moves the guest with `drive` to completion while `node`'s migration
+/// link is captured; returns what crossed it.
+async fn captured(agents: &Agents, drive: &Drive, node: &str, label: &str) -> Vec<Segment> {
+    let capture = Capture::start(node, label).await;
+    let (code, started) = drive.start(agents).await;
+    assert_eq!(code, 200, "{started}");
+    let (done, _) = drive.wait(agents, Duration::from_secs(120)).await;
+    assert_eq!(done.phase, JobPhase::Completed, "{done:?}");
+    capture.finish()
+}
+
 /// Asserts every connection to a port in `ports` opened with a TLS
 /// handshake, and that there was at least one.
 fn opened_with_tls(segments: &[Segment], ports: std::ops::RangeInclusive<u16>, what: &str) {
@@ -115,14 +126,9 @@ async fn over_tls_the_link_carries_only_ciphertext_and_a_plain_move_shows_qemus_
     let before = guest.last_beat("node-a").expect("beating");
 
     // Direct with QEMU's TLS, over the daemons' qemu+tls connection.
-    let capture = Capture::start("node-a", "tls-direct").await;
     let mut direct_tls = Drive::new("tr-tls-1", &guest, "node-a");
     direct_tls.tuning.tls = true;
-    let (code, started) = direct_tls.start(&agents).await;
-    assert_eq!(code, 200, "{started}");
-    let (done, _) = direct_tls.wait(&agents, Duration::from_secs(120)).await;
-    assert_eq!(done.phase, JobPhase::Completed, "{done:?}");
-    let seen = capture.finish();
+    let seen = captured(&agents, &direct_tls, "node-a", "tls-direct").await;
     let ports = ports_sent_to(&seen);
     assert!(ports.contains(&LIBVIRTD_TLS_PORT), "{ports:?}");
     assert!(
@@ -143,15 +149,10 @@ async fn over_tls_the_link_carries_only_ciphertext_and_a_plain_move_shows_qemus_
     let mid = guest.last_beat("node-b").expect("beating");
 
     // Tunnelled inside the qemu+tls connection: one encrypted port only.
-    let capture = Capture::start("node-b", "tls-tunnel").await;
     let mut tunnelled = Drive::new("tr-tls-2", &guest, "node-b");
     tunnelled.tuning.transport = Transport::Tunnelled;
     tunnelled.tuning.post_copy = false;
-    let (code, started) = tunnelled.start(&agents).await;
-    assert_eq!(code, 200, "{started}");
-    let (done, _) = tunnelled.wait(&agents, Duration::from_secs(120)).await;
-    assert_eq!(done.phase, JobPhase::Completed, "{done:?}");
-    let seen = capture.finish();
+    let seen = captured(&agents, &tunnelled, "node-b", "tls-tunnel").await;
     let ports = ports_sent_to(&seen);
     assert!(
         !ports.iter().any(|p| QEMU_PORTS.contains(p)),
@@ -167,13 +168,8 @@ async fn over_tls_the_link_carries_only_ciphertext_and_a_plain_move_shows_qemus_
 
     // The control: without QEMU's TLS the same capture sees the stream's
     // header in clear, so the checks above can fail.
-    let capture = Capture::start("node-a", "plain").await;
     let plain = Drive::new("tr-tls-3", &guest, "node-a");
-    let (code, started) = plain.start(&agents).await;
-    assert_eq!(code, 200, "{started}");
-    let (done, _) = plain.wait(&agents, Duration::from_secs(120)).await;
-    assert_eq!(done.phase, JobPhase::Completed, "{done:?}");
-    let seen = capture.finish();
+    let seen = captured(&agents, &plain, "node-a", "plain").await;
     assert!(
         carries(&seen, &QEMU_STREAM_HEADER),
         "a plain move's stream header was not seen: {:?}",

@@ -36,15 +36,6 @@ pub struct Snapshot<'a> {
     pub cordoned: &'a BTreeSet<String>,
 }
 
-/// Whether `e` may still move VMs (it has not ended and is not going).
-fn active(e: &NodeEvacuation) -> bool {
-    e.metadata.deletion_timestamp.is_none()
-        && e.status
-            .as_ref()
-            .and_then(|s| s.phase)
-            .is_none_or(|p| !p.is_terminal())
-}
-
 /// Whether `obj` is owned by the evacuation with `uid`.
 fn owned_by(obj: &DynamicObject, uid: &str) -> bool {
     obj.metadata
@@ -113,7 +104,7 @@ pub fn observe(
         .evacuations
         .iter()
         .filter(|o| o.spec.node_name == node && o.metadata.uid.as_deref() != Some(&uid))
-        .filter(|o| active(o))
+        .filter(|o| world::evacuation_active(o))
         .filter(|o| (world::created(&o.metadata), o.name_any()) < me)
         .map(|o| o.name_any())
         .min();

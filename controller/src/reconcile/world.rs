@@ -183,21 +183,23 @@ pub fn needs_flights(phase: Option<Phase>) -> bool {
     }
 }
 
-/// The nodes being emptied: those of every NodeEvacuation that is neither
-/// ended, deleted nor a dry run (a what-if moves nothing, so its node can
-/// still take VMs).
+/// Whether an evacuation can still act: neither ended nor being deleted.
+pub fn evacuation_active(e: &kvmotion_api::evacuation::NodeEvacuation) -> bool {
+    e.metadata.deletion_timestamp.is_none()
+        && e.status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .is_none_or(|p| !p.is_terminal())
+}
+
+/// The nodes being emptied: those of every active NodeEvacuation that is
+/// not a dry run (a what-if moves nothing, so its node can still take VMs).
 pub fn evacuating<'a>(
     evacuations: impl IntoIterator<Item = &'a kvmotion_api::evacuation::NodeEvacuation>,
 ) -> BTreeSet<String> {
     evacuations
         .into_iter()
-        .filter(|e| !e.spec.dry_run && e.metadata.deletion_timestamp.is_none())
-        .filter(|e| {
-            e.status
-                .as_ref()
-                .and_then(|s| s.phase)
-                .is_none_or(|p| !p.is_terminal())
-        })
+        .filter(|e| !e.spec.dry_run && evacuation_active(e))
         .map(|e| e.spec.node_name.clone())
         .collect()
 }
