@@ -28,6 +28,8 @@ pub struct Metrics {
     events_failed: Counter,
     evacuations: Family<Labels, Counter>,
     evacuation_moves: Family<Labels, Counter>,
+    evacuation_seconds: Family<Labels, Histogram>,
+    evacuation_vms: Family<Labels, Counter>,
 }
 
 fn phase_histogram() -> Histogram {
@@ -118,6 +120,19 @@ impl Default for Metrics {
             "Migrations created by node evacuations, by kind (first attempt, or a re-plan after a failure)",
             evacuation_moves.clone(),
         );
+        let evacuation_seconds =
+            Family::<Labels, Histogram>::new_with_constructor(phase_histogram as fn() -> Histogram);
+        registry.register(
+            "evacuation_duration_seconds",
+            "Node evacuations from creation to their end, by result",
+            evacuation_seconds.clone(),
+        );
+        let evacuation_vms = Family::<Labels, Counter>::default();
+        registry.register(
+            "evacuation_vms",
+            "VMs of ended node evacuations, by result (moved, or failed: not moved)",
+            evacuation_vms.clone(),
+        );
         Self {
             registry,
             reconciliations,
@@ -133,6 +148,8 @@ impl Default for Metrics {
             events_failed,
             evacuations,
             evacuation_moves,
+            evacuation_seconds,
+            evacuation_vms,
         }
     }
 }
@@ -203,9 +220,18 @@ impl Metrics {
         }
     }
 
-    /// Counts an evacuation that reached its end `result`.
-    pub fn evacuation_ended(&self, result: &'static str) {
+    /// Counts an evacuation that reached its end `result` after `seconds`,
+    /// with the VMs it `moved` and those that `failed` to move.
+    pub fn evacuation_ended(&self, result: &'static str, seconds: f64, moved: u32, failed: u32) {
         self.evacuations.get_or_create(&[("result", result)]).inc();
+        self.evacuation_seconds
+            .get_or_create(&[("result", result)])
+            .observe(seconds.max(0.0));
+        for (kind, n) in [("moved", moved), ("failed", failed)] {
+            self.evacuation_vms
+                .get_or_create(&[("result", kind)])
+                .inc_by(u64::from(n));
+        }
     }
 
     /// Counts a migration an evacuation created: `first` for a VM's first

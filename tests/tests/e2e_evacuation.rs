@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use kvmotion_tests::controller::metric_value;
 use kvmotion_tests::e2e::Rig;
 use kvmotion_tests::evacuation;
 use kvmotion_tests::lab::{DiskKind, Guest, GuestSpec, exclusive, lab};
@@ -113,6 +114,37 @@ async fn a_dry_run_shows_the_plan_and_moves_nothing_then_the_evacuation_moves_ev
         .unwrap_or_else(|e| panic!("{e}\n{}", rig.logs()));
     assert_eq!(done["counts"]["moved"], 4, "{done:#}");
     assert_eq!(done["counts"]["failed"], 0, "{done:#}");
+    // Its phases as Events, and its end in the controller's metrics.
+    rig.expect_events(&name, &["Planned", "Evacuating", "Completed"])
+        .await;
+    let page = rig.controller.metrics_text().await;
+    let metric = |series: &str| {
+        metric_value(&page, series).unwrap_or_else(|| panic!("no {series} in\n{page}"))
+    };
+    let ended = r#"{result="Completed"}"#;
+    assert_eq!(
+        metric(&format!("kvmotion_controller_evacuations_total{ended}")),
+        1.0
+    );
+    assert_eq!(
+        metric(&format!(
+            "kvmotion_controller_evacuation_duration_seconds_count{ended}"
+        )),
+        1.0
+    );
+    assert!(
+        metric(&format!(
+            "kvmotion_controller_evacuation_duration_seconds_sum{ended}"
+        )) > 0.0
+    );
+    assert_eq!(
+        metric(r#"kvmotion_controller_evacuation_vms_total{result="moved"}"#),
+        4.0
+    );
+    assert_eq!(
+        metric(r#"kvmotion_controller_evacuation_vms_total{result="failed"}"#),
+        0.0
+    );
     for m in done["plan"].as_array().unwrap() {
         assert_eq!(m["migrationPhase"], "Succeeded", "{done:#}");
     }

@@ -130,7 +130,13 @@ async fn record(
         && let Some(phase) = d.status.phase
     {
         if phase.is_terminal() {
-            ctx.metrics.evacuation_ended(phase.as_str());
+            let created = evac.metadata.creation_timestamp.as_ref().map(|t| t.0);
+            let seconds = created.map_or(0.0, |c| {
+                jiff::Timestamp::now().duration_since(c).as_secs_f64()
+            });
+            let counts = d.status.counts.clone().unwrap_or_default();
+            ctx.metrics
+                .evacuation_ended(phase.as_str(), seconds, counts.moved, counts.failed);
         }
         ctx.events
             .send(reference(evac), vec![note(phase, &d.status)]);
