@@ -48,7 +48,7 @@ integration: ## Integration tests against the real control plane (started if nee
 # running; what this target started it stops, whatever the result.
 test: lint ## Lint, unit, integration and lab tests: what CI runs
 	@$(CP)/build.sh
-	@tests/with-lab.sh $(CARGO) test --workspace --no-fail-fast
+	@tests/with-lab.sh tests/retry-guest-faults.sh $(CARGO) test --workspace --no-fail-fast
 
 # KEEP=1 leaves the control plane, the lab with its kubelets, the release
 # and the guest running; `make demo-down` stops them.

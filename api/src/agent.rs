@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::migration::{MigrationMode, MigrationProgress, MigrationResult};
+use crate::migration::{MigrationMode, MigrationPrediction, MigrationProgress, MigrationResult};
 use crate::tuning::{Compression, StorageMode, TimeoutAction, Transport};
 
 /// Path prefix of the versioned API.
@@ -231,6 +231,10 @@ pub struct JobStatus {
     /// "SetMaxDowntime(126ms)", "StartPostCopy").
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub actions: Vec<String>,
+    /// How the move was predicted to go, once the dirty rate measured as
+    /// it started is known (live moves only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction: Option<MigrationPrediction>,
 }
 
 /// `GET /v1/domains/{name-or-uuid}`: whether this node has the domain.

@@ -191,6 +191,11 @@ pub struct VirtualMachineMigrationStatus {
     /// Figures of a finished migration.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<MigrationResult>,
+    /// How the source agent predicted the move would go, from the guest's
+    /// dirty rate and the link's rate, and the strategy it chose; compare
+    /// with `result` once it ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prediction: Option<MigrationPrediction>,
 }
 
 /// The VM a migration moves, as found when it was scheduled.
@@ -292,4 +297,67 @@ pub struct MigrationResult {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+/// How a live move was predicted to go and what was chosen from it. The
+/// source agent measures the guest's dirty rate (libvirt's page sampling,
+/// one second) as the move starts and predicts from it and the link's rate
+/// seen in that second; see docs/prediction.md.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationPrediction {
+    /// What was chosen.
+    pub strategy: Strategy,
+    /// Why, for a person: the rates and what they imply.
+    pub reason: String,
+    /// How fast the guest dirtied its memory, in bytes per second.
+    pub dirty_rate_bytes_per_second: u64,
+    /// How fast the link moved the data, in bytes per second.
+    pub link_bytes_per_second: u64,
+    /// Passes plain pre-copy would take; absent when it would not converge.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_copy_passes: Option<u32>,
+    /// Predicted wall time of the libvirt job under the chosen strategy, in
+    /// milliseconds (compare `result.durationMs`); absent when refused,
+    /// or when a move that cannot converge has no timeout to end it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// Predicted downtime under the chosen strategy, in milliseconds;
+    /// absent when refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<u64>,
+    /// Milliseconds into the job when the prediction was made.
+    pub made_after_ms: u64,
+}
+
+/// How a live move converges, as chosen from the prediction.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Strategy {
+    /// Pre-copy converges by itself.
+    PreCopy,
+    /// Pre-copy cannot converge: switch to post-copy at once instead of
+    /// sending a first pass only to send it again.
+    PostCopyAtOnce,
+    /// Pre-copy cannot converge and post-copy is not allowed: auto-converge
+    /// throttles the guest until it does.
+    AutoConverge,
+    /// Pre-copy cannot converge and the policy pauses the guest at its
+    /// timeout: the move pauses it once the first pass is sent.
+    PauseAfterFirstPass,
+    /// Nothing the policy allows converges: the move is aborted at once,
+    /// the VM keeps running on the source.
+    Refuse,
+}
+
+impl Strategy {
+    /// Its name in status, events and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::PreCopy => "PreCopy",
+            Strategy::PostCopyAtOnce => "PostCopyAtOnce",
+            Strategy::AutoConverge => "AutoConverge",
+            Strategy::PauseAfterFirstPass => "PauseAfterFirstPass",
+            Strategy::Refuse => "Refuse",
+        }
+    }
 }

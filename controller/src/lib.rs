@@ -11,7 +11,6 @@ pub mod leader;
 pub mod metrics;
 pub mod policy;
 pub mod precheck;
-pub mod predict;
 pub mod reconcile;
 pub mod run;
 pub mod schedule;

@@ -67,6 +67,18 @@ pub fn virsh_migrate(from: &str, to: &str, name: &str, extra: &[&str]) -> f64 {
     wall
 }
 
+/// The downtime of the last migration of `name`, as `virsh domjobinfo
+/// --completed` on `node` (where it arrived) reports it; NaN when it does not.
+pub fn virsh_downtime_ms(node: &str, name: &str) -> f64 {
+    let out = String::from_utf8_lossy(&virsh(node, &["domjobinfo", "--completed", name]).stdout)
+        .into_owned();
+    out.lines()
+        .find(|l| l.starts_with("Total downtime:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
 /// Sets the keys of `part` in `target/bench/<file>`, keeping the others
 /// (benchmarks that fill one file in parts); prints the whole.
 pub fn merge_report(file: &str, part: serde_json::Value) {

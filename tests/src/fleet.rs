@@ -463,6 +463,7 @@ fn job_status(id: &str, job: &Job, job_time: Duration) -> JobStatus {
             }
         }),
         actions: Vec::new(),
+        prediction: None,
     }
 }
 

@@ -14,13 +14,15 @@ async fn re_applying_after_success_is_harmless_and_ends_already_on_target() {
     let rig = Rig::start("e2e-reapply", &[]).await;
     let guest = Guest::start("node-a", "e2e-reapply", &GuestSpec::default()).await;
     rig.wait_inventory("node-a", "e2e-reapply").await;
+    let before = guest.last_beat("node-a").expect("beating on node-a");
     let spec = json!({"vm": {"name": "e2e-reapply"}, "targetNode": "node-b"});
 
     let name = rig.migrate("gitops", spec.clone());
     let first = rig
         .wait_phase(&name, "Succeeded", Duration::from_secs(120))
         .await;
-    let after = guest.last_beat("node-b").expect("beating on node-b");
+    // Succeeded can be seen before the guest's first beat on node-b.
+    let after = guest.beats_on("node-b", before).await;
 
     // The same manifest again: unchanged object, unchanged status.
     assert_eq!(rig.migrate("gitops", spec.clone()), name);

@@ -21,11 +21,14 @@ async fn a_controller_restart_mid_migration_resumes_the_same_job() {
     rig.wait_inventory("node-a", "e2e-restart").await;
     let before = guest.last_beat("node-a").expect("beating");
 
-    // Slow enough to outlive the restart, then free to finish.
+    // Slow enough to outlive the restart, then free to finish. 8 MiB/s
+    // does not outrun even this guest's dirtying: with a timeout the
+    // prediction would refuse the move at once.
     let name = rig.migrate(
         "restart",
         json!({"vm": {"name": "e2e-restart"}, "targetNode": "node-b",
-               "overrides": {"bandwidthMiBps": 8, "postCopy": false}}),
+               "overrides": {"bandwidthMiBps": 8, "postCopy": false,
+                             "progressTimeoutSeconds": 0, "completionTimeoutPerGiBSeconds": 0}}),
     );
     rig.wait_moving(&name).await;
     rig.controller.kill().await;

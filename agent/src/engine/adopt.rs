@@ -96,7 +96,7 @@ impl Engine {
         let end = job_gone(self.lv.clone(), job.vm.clone(), self.config.poll);
         let started = started_at(&record);
         let mut outcome = self
-            .monitor(&job, &record.request, transfer, end, events, started)
+            .monitor(&job, &record.request, transfer, end, events, started, None)
             .await;
         if record.how == Move::LiveRunning {
             outcome = self

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use kvmotion_api::agent::ResolvedTuning;
+use kvmotion_api::migration::Strategy;
 use kvmotion_api::tuning::TimeoutAction;
 
 /// One sample of libvirt's job statistics, in the units the policy needs.
@@ -31,6 +32,9 @@ pub struct JobSample {
     pub paused: bool,
     /// True when post-copy lost its link (libvirt's "post-copy failed").
     pub post_copy_failed: bool,
+    /// Memory the job has been over: pages sent plus pages found zero,
+    /// in bytes (0 when libvirt does not say).
+    pub scanned_bytes: u64,
 }
 
 /// The resolved policy of one migration.
@@ -88,6 +92,22 @@ pub struct Tracker {
     pub downtime_step: u32,
     /// A terminal action (post-copy, pause, abort) was already issued.
     pub escalated: bool,
+    /// The strategy the prediction chose, once it is made.
+    pub planned: Option<Strategy>,
+}
+
+impl JobSample {
+    /// Whether the job has been over the whole memory once. Counted from
+    /// the pages QEMU has sent or found zero, not from libvirt's memory
+    /// iteration: with post-copy enabled QEMU syncs its dirty bitmap twice
+    /// more before sending anything, and the lab's jobs start at iteration
+    /// 3. Without the page counts, the iteration is all there is.
+    pub fn first_pass_done(&self) -> bool {
+        if self.scanned_bytes == 0 {
+            return self.memory_iteration >= 2;
+        }
+        self.scanned_bytes >= self.memory_total.max(1)
+    }
 }
 
 /// What to do now.
@@ -114,6 +134,8 @@ pub enum AbortReason {
     CompletionTimeout,
     /// Someone asked for it (abort, or deleting the migration).
     Requested,
+    /// The prediction found that nothing the policy allows converges.
+    PredictedNotToConverge,
 }
 
 impl AbortReason {
@@ -123,6 +145,7 @@ impl AbortReason {
             AbortReason::ProgressTimeout => "ProgressTimeout",
             AbortReason::CompletionTimeout => "CompletionTimeout",
             AbortReason::Requested => "Aborted",
+            AbortReason::PredictedNotToConverge => "PredictedNotToConverge",
         }
     }
 }
@@ -156,6 +179,27 @@ pub fn decide(tracker: Tracker, s: &JobSample, elapsed: Duration, p: &Policy) ->
             tracker: t,
         };
     }
+    // The prediction knows at once what the rules below learn only after
+    // a full pass or a timeout.
+    let planned = match t.planned {
+        Some(Strategy::PostCopyAtOnce) if p.post_copy => Action::StartPostCopy,
+        Some(Strategy::Refuse) => Action::Abort(AbortReason::PredictedNotToConverge),
+        Some(Strategy::PauseAfterFirstPass) if s.first_pass_done() && !s.paused => Action::Pause,
+        Some(
+            Strategy::PreCopy
+            | Strategy::AutoConverge
+            | Strategy::PostCopyAtOnce
+            | Strategy::PauseAfterFirstPass,
+        )
+        | None => Action::Continue,
+    };
+    if planned != Action::Continue {
+        t.escalated = true;
+        return Decision {
+            action: planned,
+            tracker: t,
+        };
+    }
     if let Some(reason) = timed_out(&t, s, elapsed, p) {
         t.escalated = true;
         let action = match p.on_timeout {
@@ -168,7 +212,7 @@ pub fn decide(tracker: Tracker, s: &JobSample, elapsed: Duration, p: &Policy) ->
         };
         return Decision { action, tracker: t };
     }
-    if p.post_copy && p.post_copy_when_stalled && stalled(s, p) {
+    if p.post_copy && p.post_copy_when_stalled && s.first_pass_done() && stalled(s, p) {
         t.escalated = true;
         return Decision {
             action: Action::StartPostCopy,
@@ -198,7 +242,7 @@ pub fn initial_downtime(p: &Policy) -> Duration {
 /// dirties memory at least as fast as it is sent, or what remains could not
 /// be sent within even the largest allowed downtime.
 fn stalled(s: &JobSample, p: &Policy) -> bool {
-    if s.memory_iteration < 2 || s.throughput == 0 {
+    if s.throughput == 0 {
         return false;
     }
     let sendable_in_downtime = s.throughput as f64 * p.max_downtime.as_secs_f64();
@@ -263,6 +307,7 @@ mod tests {
             post_copy: false,
             paused: false,
             post_copy_failed: false,
+            scanned_bytes: 0,
         }
     }
 
@@ -424,6 +469,115 @@ mod tests {
             t = d.tracker;
         }
         assert_eq!(applied, vec![79, 126, 199, 315, 500]);
+    }
+
+    #[test]
+    fn a_predicted_strategy_acts_before_the_rules_would() {
+        // (case, plan, sample, policy, expected action)
+        let pause_at_timeout = Policy {
+            on_timeout: TimeoutAction::Pause,
+            ..no_post_copy()
+        };
+        let paused = JobSample {
+            paused: true,
+            ..sample(2, 120, 300, 100)
+        };
+        let cases: Vec<(&str, Strategy, JobSample, Policy, Action)> = vec![
+            (
+                "post-copy at once, a second into the first pass",
+                Strategy::PostCopyAtOnce,
+                sample(1, 200, 0, 100),
+                defaults(),
+                Action::StartPostCopy,
+            ),
+            (
+                "post-copy at once, but the policy forbids it",
+                Strategy::PostCopyAtOnce,
+                sample(1, 200, 0, 100),
+                no_post_copy(),
+                Action::Continue,
+            ),
+            (
+                "refused: aborted at once",
+                Strategy::Refuse,
+                sample(1, 200, 0, 100),
+                no_post_copy(),
+                Action::Abort(AbortReason::PredictedNotToConverge),
+            ),
+            (
+                "pause after the first pass, still in it",
+                Strategy::PauseAfterFirstPass,
+                sample(1, 200, 0, 100),
+                pause_at_timeout.clone(),
+                Action::Continue,
+            ),
+            (
+                "pause after the first pass, once it is sent",
+                Strategy::PauseAfterFirstPass,
+                sample(2, 120, 0, 100),
+                pause_at_timeout.clone(),
+                Action::Pause,
+            ),
+            (
+                "pause after the first pass, already paused",
+                Strategy::PauseAfterFirstPass,
+                paused,
+                pause_at_timeout,
+                Action::Continue,
+            ),
+            (
+                "pre-copy: the ramp goes on as without a plan",
+                Strategy::PreCopy,
+                sample(1, 200, 0, 100),
+                defaults(),
+                Action::Continue,
+            ),
+            (
+                "auto-converge: libvirt throttles, nothing to add",
+                Strategy::AutoConverge,
+                sample(1, 200, 0, 100),
+                no_post_copy(),
+                Action::Continue,
+            ),
+        ];
+        for (case, plan, s, p, want) in cases {
+            let t = Tracker {
+                planned: Some(plan),
+                ..Tracker::default()
+            };
+            // Half a second in: before the ramp's first step.
+            let d = decide(t, &s, secs(0.5), &p);
+            assert_eq!(d.action, want, "{case}");
+            assert_eq!(d.tracker.escalated, want != Action::Continue, "{case}");
+        }
+    }
+
+    #[test]
+    fn the_first_pass_is_done_once_every_page_was_sent_or_found_zero() {
+        // With post-copy enabled, the lab's QEMU reports iteration 3
+        // before it has sent anything.
+        let hot_in_first_pass = JobSample {
+            scanned_bytes: 20 * MIB,
+            ..sample(3, 240, 300, 100)
+        };
+        assert!(!hot_in_first_pass.first_pass_done());
+        let d = decide(
+            Tracker::default(),
+            &hot_in_first_pass,
+            secs(0.2),
+            &defaults(),
+        );
+        assert_eq!(d.action, Action::Continue, "the first pass is not done");
+        let hot_after_it = JobSample {
+            scanned_bytes: 300 * MIB,
+            ..sample(4, 120, 300, 100)
+        };
+        assert!(hot_after_it.first_pass_done());
+        let d = decide(Tracker::default(), &hot_after_it, secs(0.2), &defaults());
+        assert_eq!(d.action, Action::StartPostCopy);
+        // Without page counts, libvirt's iteration decides.
+        assert!(sample(2, 120, 300, 100).first_pass_done());
+        assert!(!sample(1, 120, 300, 100).first_pass_done());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Measuring how fast a guest dirties its memory before it moves, so the
-//! controller can predict how pre-copy would go and choose a strategy.
+//! Measuring how fast a guest dirties its memory: on request, and as a
+//! live move starts, so the move can predict how pre-copy would go and
+//! choose its strategy (engine::predict).
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,29 @@ const REPORT_GRACE: Duration = Duration::from_secs(5);
 
 /// How often the result is looked for.
 const POLL: Duration = Duration::from_millis(100);
+
+/// How long a move's measurement samples the guest: libvirt's shortest.
+const MOVE_PERIOD: u32 = 1;
+
+/// A measurement a live move started, read once libvirt has its result.
+#[derive(Debug, Clone)]
+pub(crate) struct Measuring {
+    vm: DomainRef,
+    /// `calc_start_time` of the result before this one.
+    before: i64,
+    asked: Instant,
+}
+
+/// What a move's measurement has come to.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Measured {
+    /// Not done yet.
+    Pending,
+    /// Distinct bytes the guest dirtied per second.
+    Rate(u64),
+    /// No result will come; why.
+    GaveUp(String),
+}
 
 impl Engine {
     /// Measures `vm`'s dirty rate over `seconds` (taken into 1 to
@@ -78,5 +102,57 @@ impl Engine {
                 vm: name.to_string(),
                 node: self.config.node.clone(),
             })
+    }
+}
+
+impl Engine {
+    /// Starts the measurement a live move predicts from, just before the
+    /// move: libvirt runs no other job on a domain while it migrates one,
+    /// while QEMU's sampling goes on beside the migration. None when
+    /// libvirt cannot measure this guest.
+    pub(crate) async fn start_measuring(&self, vm: &DomainRef) -> Option<Measuring> {
+        let (lv, r) = (self.lv.clone(), vm.clone());
+        let started = blocking(move || {
+            let before = lv.dirty_rate(&r)?.map(|s| s.start_time);
+            if before.is_some() {
+                lv.start_dirty_rate(&r, MOVE_PERIOD)?;
+            }
+            Ok(before)
+        })
+        .await;
+        match started {
+            Ok(Some(before)) => Some(Measuring {
+                vm: vm.clone(),
+                before,
+                asked: Instant::now(),
+            }),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(vm = %vm, error = %e, "no dirty-rate measurement for the move");
+                None
+            }
+        }
+    }
+
+    /// Where the move's measurement stands; libvirt is asked only once the
+    /// sampling period is over.
+    pub(crate) async fn measured(&self, m: &Measuring) -> Measured {
+        let period = Duration::from_secs(MOVE_PERIOD.into());
+        if m.asked.elapsed() < period {
+            return Measured::Pending;
+        }
+        let (lv, r) = (self.lv.clone(), m.vm.clone());
+        match blocking(move || lv.dirty_rate(&r)).await {
+            Ok(Some(s)) if s.measured && s.start_time != m.before => {
+                Measured::Rate(s.bytes_per_second)
+            }
+            Ok(Some(_)) if m.asked.elapsed() < period + REPORT_GRACE => Measured::Pending,
+            Ok(Some(_)) => Measured::GaveUp(format!(
+                "no result {} s after the measurement ended",
+                REPORT_GRACE.as_secs()
+            )),
+            Ok(None) => Measured::GaveUp("the domain is gone".into()),
+            Err(e) => Measured::GaveUp(e.to_string()),
+        }
     }
 }

@@ -7,6 +7,7 @@ pub mod convergence;
 pub mod dirty;
 pub mod disksync;
 pub mod offline;
+pub mod predict;
 pub mod progress;
 pub mod recovery;
 pub mod source;
@@ -75,6 +76,7 @@ impl Job {
                 reason: None,
                 vm_node: Some(node.to_string()),
                 actions: Vec::new(),
+                prediction: None,
             }),
             abort_requested: false.into(),
             force_requested: false.into(),

@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 
 use kvmotion_api::agent::{DomainRef, JobPhase, JobStatus, ResolvedTuning, StartRequest};
 use kvmotion_api::hypervisor::{DomainInfo, DomainState};
-use kvmotion_api::migration::{MigrationMode, MigrationResult, TransferMode};
+use kvmotion_api::migration::{MigrationMode, MigrationResult, Strategy, TransferMode};
 use kvmotion_api::movable::{self, Move};
 use kvmotion_api::tuning::{Compression, Transport};
 use tracing::{info, warn};
 
 use super::convergence::{self, Action, Policy, Tracker};
+use super::dirty::{Measured, Measuring};
+use super::predict;
 use super::state::{JobRecord, Kind};
 use super::{Engine, Job, millis, progress};
 use crate::error::{Error, blocking};
@@ -240,6 +242,11 @@ impl Engine {
         let policy = Policy::from(&req.tuning);
         let vm = job.vm.clone();
         let events = self.lv.subscribe();
+        // Only a running guest's move has a strategy to choose.
+        let measuring = match transfer {
+            Transfer::Live => self.start_measuring(&vm).await,
+            Transfer::LivePaused | Transfer::LiveResume | Transfer::Stopped { .. } => None,
+        };
         // A paused guest dirties nothing: the downtime is the whole copy
         // of what is left, so there is nothing for a ramp to trade.
         if transfer == Transfer::Live {
@@ -261,14 +268,16 @@ impl Engine {
                 })
             })
         });
-        self.monitor(job, req, transfer, end, events, Instant::now())
+        self.monitor(job, req, transfer, end, events, Instant::now(), measuring)
             .await
     }
 
     /// Monitors a libvirt job until `end` resolves: samples it, applies the
     /// convergence policy, carries out abort and force-complete, reports
     /// progress. `end` is the migration call, or for an adopted job a wait
-    /// for libvirt's job to go away.
+    /// for libvirt's job to go away. With `measuring`, the guest's dirty
+    /// rate is read once measured and the prediction chooses the strategy.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn monitor(
         &self,
         job: &Arc<Job>,
@@ -277,6 +286,7 @@ impl Engine {
         mut migration: JobEnd,
         mut events: tokio::sync::broadcast::Receiver<LibvirtEvent>,
         started: Instant,
+        mut measuring: Option<Measuring>,
     ) -> Result<Outcome, Error> {
         let policy = Policy::from(&req.tuning);
         let vm = job.vm.clone();
@@ -292,6 +302,8 @@ impl Engine {
         let mut in_post_copy = false;
         // Since when libvirt shows post-copy failed while its call goes on.
         let mut failed_since: Option<Instant> = None;
+        let mut flowing_since: Option<Instant> = None;
+        let mut refusal: Option<String> = None;
         let result = loop {
             tokio::select! {
                 r = &mut migration => break r,
@@ -342,6 +354,7 @@ impl Engine {
             if sample.data_total == 0 && sample.data_processed == 0 {
                 continue;
             }
+            let flowing = *flowing_since.get_or_insert_with(Instant::now);
             if job.abort_requested.load(Ordering::SeqCst) && !abort_sent {
                 abort_sent = true;
                 self.act(
@@ -368,6 +381,38 @@ impl Engine {
                 self.act(job, action, "").await;
                 tracker.escalated = true;
             }
+            if let Some(m) = &measuring {
+                match self.measured(m).await {
+                    Measured::Pending => {}
+                    Measured::Rate(rate) => {
+                        let inp = predict::Inputs::from_job(
+                            &sample,
+                            rate,
+                            &policy,
+                            &req.tuning,
+                            flowing.saturating_duration_since(started),
+                            flowing.elapsed(),
+                        );
+                        let p = predict::predict(&inp);
+                        info!(migration = %job.id, strategy = p.strategy.as_str(), reason = %p.reason, "predicted");
+                        if p.strategy == Strategy::Refuse {
+                            refusal = Some(p.reason.clone());
+                        }
+                        tracker.planned = Some(p.strategy);
+                        let report = p.report(&inp, started.elapsed());
+                        job.update(|s| {
+                            s.actions
+                                .push(format!("Predicted({})", p.strategy.as_str()));
+                            s.prediction = Some(report);
+                        });
+                        measuring = None;
+                    }
+                    Measured::GaveUp(why) => {
+                        warn!(migration = %job.id, %why, "no dirty rate to predict from; the policy's rules alone steer the move");
+                        measuring = None;
+                    }
+                }
+            }
             let d = convergence::decide(tracker, &sample, started.elapsed(), &policy);
             tracker = d.tracker;
             let action = match d.action {
@@ -381,6 +426,7 @@ impl Engine {
             }
             we_paused |= action == Action::Pause;
             if action != Action::Continue {
+                tracing::debug!(migration = %job.id, ?sample, elapsed = ?started.elapsed(), "the convergence policy acts");
                 self.act(job, action, "").await;
             }
             let lv = self.lv.clone();
@@ -427,6 +473,12 @@ impl Engine {
                         JobPhase::Aborted,
                         "Aborted",
                         "aborted on request; the VM keeps running on the source".to_string(),
+                    )
+                } else if let (Some(r), Some(why)) = (policy_abort, &refusal) {
+                    (
+                        JobPhase::Failed,
+                        r.as_str(),
+                        format!("refused as it started: {why}; the VM keeps running on the source"),
                     )
                 } else if let Some(r) = policy_abort {
                     (

@@ -387,6 +387,11 @@ impl Libvirt for VirtLibvirt {
                 post_copy: state == sys::VIR_DOMAIN_PAUSED && pc == PostCopy::Active,
                 paused: state == sys::VIR_DOMAIN_PAUSED,
                 post_copy_failed: pc == PostCopy::Failed,
+                scanned_bytes: s
+                    .mem_constant
+                    .unwrap_or(0)
+                    .saturating_add(s.mem_normal.unwrap_or(0))
+                    .saturating_mul(page),
             }))
         })
     }

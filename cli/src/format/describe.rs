@@ -4,7 +4,7 @@ use kvmotion_api::VirtualMachineMigration;
 use kvmotion_api::migration::AppliedPolicy;
 
 use super::progress::figures;
-use super::summary::result_line;
+use super::summary::{prediction_line, result_line};
 use super::table::render;
 use super::units::{age, bytes, millis, secs_between};
 use super::{phase_label, source_node, target_node, vm_name};
@@ -51,6 +51,9 @@ pub fn describe(m: &VirtualMachineMigration, now: jiff::Timestamp) -> String {
     }
     if let Some(r) = result_line(m) {
         fields.push(("Result", r));
+    }
+    if let Some(p) = prediction_line(m) {
+        fields.push(("Predicted", p));
     }
     if !m.metadata.labels.as_ref().is_none_or(|l| l.is_empty()) {
         let labels = m.metadata.labels.iter().flatten();

@@ -99,6 +99,20 @@ pub fn succeeded() -> VirtualMachineMigration {
     m
 }
 
+/// A prediction of a hot guest's move.
+pub fn prediction() -> kvmotion_api::migration::MigrationPrediction {
+    kvmotion_api::migration::MigrationPrediction {
+        strategy: kvmotion_api::migration::Strategy::PostCopyAtOnce,
+        reason: "the guest dirties 128 MiB/s and the link moves 25 MiB/s: pre-copy cannot converge, so post-copy starts at once".into(),
+        dirty_rate_bytes_per_second: 128 << 20,
+        link_bytes_per_second: 25 << 20,
+        pre_copy_passes: None,
+        duration_ms: Some(11_000),
+        downtime_ms: Some(20),
+        made_after_ms: 1_100,
+    }
+}
+
 /// A condition that changed 60 s before `now`.
 pub fn cond(type_: &str, status: &str, reason: &str, message: &str) -> Condition {
     Condition {

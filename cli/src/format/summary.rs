@@ -30,6 +30,21 @@ pub fn result_line(m: &VirtualMachineMigration) -> Option<String> {
     ))
 }
 
+/// The strategy the source agent predicted and chose, with its figures
+/// and why. None before it is made (or for a move without one).
+///
+/// `PostCopyAtOnce: predicted 3.0 s, downtime 20 ms (the guest dirties …)`
+pub fn prediction_line(m: &VirtualMachineMigration) -> Option<String> {
+    let p = m.status.as_ref()?.prediction.as_ref()?;
+    let figures = match (p.duration_ms, p.downtime_ms) {
+        (Some(d), Some(down)) => format!(": predicted {}, downtime {}", millis(d), millis(down)),
+        (Some(d), None) => format!(": predicted {}", millis(d)),
+        (None, Some(down)) => format!(": downtime {}", millis(down)),
+        (None, None) => String::new(),
+    };
+    Some(format!("{}{figures} ({})", p.strategy.as_str(), p.reason))
+}
+
 /// What to print when a followed migration reached a terminal phase.
 pub fn outcome(m: &VirtualMachineMigration) -> String {
     let completed = condition(m, "Completed");
@@ -45,6 +60,9 @@ pub fn outcome(m: &VirtualMachineMigration) -> String {
             lines.push(format!("Succeeded: {} runs on {target}{how}", vm_name(m)));
             if let Some(r) = result_line(m) {
                 lines.push(format!("Result: {r}"));
+            }
+            if let Some(p) = prediction_line(m) {
+                lines.push(format!("Predicted: {p}"));
             }
         }
         Some(p @ (Phase::Failed | Phase::Cancelled)) => {
@@ -103,6 +121,10 @@ mod tests {
         if let Some(s) = no_times.status.as_mut() {
             s.start_time = None;
         }
+        let mut predicted = succeeded();
+        if let Some(s) = predicted.status.as_mut() {
+            s.prediction = Some(prediction());
+        }
         let cases = [
             (
                 succeeded(),
@@ -112,6 +134,12 @@ mod tests {
             (
                 already,
                 "Succeeded: web-1 runs on node-b (it already ran there)",
+            ),
+            (
+                predicted,
+                "Succeeded: web-1 runs on node-b (moved from node-a)\n\
+                 Result: duration 11.4 s (12.0 s start to completion), downtime 45 ms, 300.0 MiB transferred\n\
+                 Predicted: PostCopyAtOnce: predicted 11.0 s, downtime 20 ms (the guest dirties 128 MiB/s and the link moves 25 MiB/s: pre-copy cannot converge, so post-copy starts at once)",
             ),
             (
                 no_times,

@@ -103,7 +103,7 @@ pub async fn act(client: &AgentClient, id: &str, effect: &Effect) -> Outcome {
             let mut start = (**start).clone();
             start.target = prepared;
             match client.start(&source.url, id, &start).await {
-                Ok(job) => Outcome::Started(job),
+                Ok(job) => Outcome::Started(Box::new(job)),
                 Err(e) => failed(&source.node, &e),
             }
         }

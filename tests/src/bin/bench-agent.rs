@@ -8,19 +8,11 @@ use std::time::{Duration, Instant};
 use kvmotion_api::agent::{DiskPlan, JobPhase};
 use kvmotion_api::migration::MigrationMode;
 use kvmotion_tests::agent::{Agents, Drive};
-use kvmotion_tests::bench::{median, rounds, virsh, virsh_migrate, write_report};
+use kvmotion_tests::bench::{
+    median, rounds, virsh, virsh_downtime_ms, virsh_migrate, write_report,
+};
 use kvmotion_tests::lab::{self, Guest, GuestSpec, lab};
 use serde_json::json;
-
-fn virsh_downtime_ms(node: &str, name: &str) -> f64 {
-    let out = String::from_utf8_lossy(&virsh(node, &["domjobinfo", "--completed", name]).stdout)
-        .into_owned();
-    out.lines()
-        .find(|l| l.starts_with("Total downtime:"))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN)
-}
 
 /// One move by the agents; returns (wall s, downtime ms, job duration s).
 async fn agent_move(

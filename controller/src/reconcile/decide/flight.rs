@@ -205,6 +205,11 @@ pub fn migrating(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp)
         Reading::Nothing | Reading::Presence { .. } => return,
     };
     reachable_now(obs, d, now);
+    // Made once, a second into the job: in status as soon as it exists,
+    // for the running move and for whatever ended it.
+    if job.prediction.is_some() {
+        d.status.prediction = job.prediction.clone();
+    }
     match job.phase {
         JobPhase::Starting | JobPhase::Running => {
             let due = obs

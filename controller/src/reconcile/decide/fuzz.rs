@@ -94,6 +94,7 @@ fn job() -> impl Strategy<Value = JobStatus> {
                 reason: None,
                 vm_node,
                 actions: vec![],
+                prediction: None,
             };
             s.progress.percent = percent;
             s.progress.mode = mode;
@@ -144,7 +145,7 @@ fn condition() -> impl Strategy<Value = (C, bool, &'static str, i64)> {
 
 fn outcome() -> impl Strategy<Value = Outcome> {
     prop_oneof![
-        job().prop_map(Outcome::Started),
+        job().prop_map(|j| Outcome::Started(Box::new(j))),
         failure().prop_map(Outcome::Refused),
         failure().prop_map(Outcome::Unreachable),
         Just(Outcome::Done),

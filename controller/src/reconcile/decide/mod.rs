@@ -166,7 +166,7 @@ impl Effect {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// The job runs.
-    Started(JobStatus),
+    Started(Box<JobStatus>),
     /// An agent refused, with its reason.
     Refused(AgentFailure),
     /// An agent did not answer.

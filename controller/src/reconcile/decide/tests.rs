@@ -149,6 +149,7 @@ impl Obs {
                 reason: (phase == JobPhase::Failed).then(|| "ProgressTimeout".into()),
                 vm_node: Some("a".into()),
                 actions: vec![],
+                prediction: None,
             }))
         })
     }
@@ -739,6 +740,54 @@ fn progress_is_mirrored_at_most_once_per_interval() {
 }
 
 #[test]
+fn the_prediction_is_mirrored_as_soon_as_the_job_has_it_and_kept_at_its_end() {
+    let predicted = kvmotion_api::migration::MigrationPrediction {
+        strategy: kvmotion_api::migration::Strategy::PostCopyAtOnce,
+        reason: "the guest dirties 128 MiB/s and the link moves 100 MiB/s".into(),
+        dirty_rate_bytes_per_second: 128 << 20,
+        link_bytes_per_second: 100 << 20,
+        pre_copy_passes: None,
+        duration_ms: Some(3100),
+        downtime_ms: Some(20),
+        made_after_ms: 1100,
+    };
+    let with = |phase: JobPhase, p: Option<&kvmotion_api::migration::MigrationPrediction>| {
+        let mut obs = Obs::new(Some(Phase::Migrating)).job(phase);
+        if let Reading::Job(Ok(j)) = &mut obs.0.reading {
+            j.prediction = p.cloned();
+        }
+        // Progress was written just now: the prediction does not wait for
+        // the next interval.
+        obs.0.status.progress = Some(Default::default());
+        obs.0.last_progress_write = Some(now());
+        obs
+    };
+    // (case, job phase, the job's prediction, phase after)
+    let cases = [
+        ("not made yet", JobPhase::Running, None, Phase::Migrating),
+        (
+            "made",
+            JobPhase::Running,
+            Some(&predicted),
+            Phase::Migrating,
+        ),
+        (
+            "the move ended",
+            JobPhase::Completed,
+            Some(&predicted),
+            Phase::Finalizing,
+        ),
+        ("refused", JobPhase::Failed, Some(&predicted), Phase::Failed),
+    ];
+    for (case, phase, p, after) in cases {
+        let obs = with(phase, p);
+        let d = decide(&obs.0, &Settings::default(), now());
+        assert_eq!(d.status.prediction.as_ref(), p, "{case}");
+        assert_eq!(d.status.phase, Some(after), "{case}");
+    }
+}
+
+#[test]
 fn outcomes_move_the_phase() {
     use Phase::*;
     let start = || {
@@ -756,7 +805,7 @@ fn outcomes_move_the_phase() {
     let cases: Vec<(&str, Outcome, Phase, &str, &str)> = vec![
         (
             "started",
-            Outcome::Started(JobStatus {
+            Outcome::Started(Box::new(JobStatus {
                 id: "uid-m".into(),
                 phase: JobPhase::Starting,
                 progress: Default::default(),
@@ -765,7 +814,8 @@ fn outcomes_move_the_phase() {
                 reason: None,
                 vm_node: None,
                 actions: vec![],
-            }),
+                prediction: None,
+            })),
             Migrating,
             "",
             "",
