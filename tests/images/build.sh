@@ -41,7 +41,12 @@ store="$out/buildah"
 mkdir -p "$out" "$store/tmp"
 created=()
 for d in /var/lib/containers /run/containers; do [ -e "$d" ] || created+=("$d"); done
-cleanup() { rm -rf "$store" "$out/context" "$out/bases"; for d in "${created[@]}"; do rm -rf "$d"; done; }
+# buildah names an image it reads from a layout after the layout's path,
+# which must then be a valid reference (lowercase, no dot-directories such
+# as ~/.cache, wherever the tree is): the layouts are linked from a
+# directory whose path is one.
+bases="/tmp/kvmotion-image-bases-$$"
+cleanup() { rm -rf "$store" "$out/context" "$bases"; for d in "${created[@]}"; do rm -rf "$d"; done; }
 trap cleanup EXIT
 bah() {
   TMPDIR="$store/tmp" buildah --root "$store/root" --runroot "$store/run" --storage-driver vfs "$@"
@@ -51,12 +56,10 @@ report="[]"
 for name in "${names[@]}"; do
   image="kvmotion-$name"
   base=$("$root/tests/images/base.sh" "$name")
-  # buildah names an image it reads from a layout after the layout's path,
-  # which must then be a valid reference: no dot-directories (~/.cache).
-  mkdir -p "$out/bases"
+  mkdir -p "$bases"
   layout=${base#oci:}
-  ln -sfn "${layout%:base}" "$out/bases/$name"
-  base="oci:$out/bases/$name:base"
+  ln -sfn "${layout%:base}" "$bases/$name"
+  base="oci:$bases/$name:base"
   ctx="$out/context/$name"
   rm -rf "$ctx" && mkdir -p "$ctx"
   # Symbols stay in the cargo target, not in the image.
