@@ -168,10 +168,14 @@ impl Metrics {
         self.leader.set(i64::from(leading));
     }
 
-    /// Records a status write from `old` to `new`: the phase left (its
-    /// duration), and a migration's result when it ended.
-    pub fn transition(&self, old: &Status, new: &Status) {
+    /// Counts a status write.
+    pub fn status_written(&self) {
         self.status_writes.inc();
+    }
+
+    /// Records a step of a migration's status from `old` to `new`: the
+    /// phase left (its duration), and a migration's result when it ended.
+    pub fn transition(&self, old: &Status, new: &Status) {
         if old.phase == new.phase {
             return;
         }

@@ -38,8 +38,10 @@ async fn sixty_migrations_over_six_nodes_all_succeed_within_the_limits() {
     // Not serialized either: the cluster limit is actually used.
     assert!(r.peaks.total >= 4, "too little concurrency: {:?}", r.peaks);
     assert!(r.waited > 0, "some migrations must have queued");
+    // Each is written at least as Preparing (reached in one write from
+    // the caches), Migrating, Finalizing and Succeeded.
     assert!(
-        r.status_writes >= 60.0 * 6.0,
+        r.status_writes >= 60.0 * 4.0,
         "status writes: {}",
         r.status_writes
     );

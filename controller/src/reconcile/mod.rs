@@ -337,11 +337,16 @@ async fn drive(obj: &DynamicObject, ctx: &Arc<Context>, deleting: bool) -> Resul
     }
     let t_read = t0.elapsed();
     let now = Timestamp::now();
-    let decision = if deleting {
-        decide::cancel(&obs, &ctx.settings, now)
+    let decide::Advance { decision, steps } = if deleting {
+        let d = decide::cancel(&obs, &ctx.settings, now);
+        decide::Advance {
+            steps: vec![d.status.clone()],
+            decision: d,
+        }
     } else {
         admit_atomically(ctx, &mut obs, now)
     };
+    let acted = decision.effect.is_some();
     let decision = match decision.effect.clone() {
         Some(effect) => {
             if effect.needs_fresh_state() {
@@ -361,7 +366,13 @@ async fn drive(obj: &DynamicObject, ctx: &Arc<Context>, deleting: bool) -> Resul
         None => decision,
     };
     let t_act = t0.elapsed();
-    record(ctx, obj, &obs, &decision).await?;
+    // An agent's outcome replaces what was decided before the call.
+    let steps = if acted {
+        vec![decision.status.clone()]
+    } else {
+        steps
+    };
+    record(ctx, obj, &obs, &decision, &steps).await?;
     if t0.elapsed() >= SLOW_RECONCILE {
         // Where a slow reconcile spent its time: agents or the apiserver.
         debug!(
@@ -407,31 +418,34 @@ async fn fresh(ctx: &Context, obs: &Observed) -> Result<(), Error> {
 
 /// Decides with reservations merged, holding their lock so that two
 /// reconciles cannot both take the last slot or the same VM.
-fn admit_atomically(ctx: &Context, obs: &mut Observed, now: Timestamp) -> Decision {
+fn admit_atomically(ctx: &Context, obs: &mut Observed, now: Timestamp) -> decide::Advance {
     if !world::needs_flights(obs.status.phase) {
-        return decide::decide(obs, &ctx.settings, now);
+        return decide::advance(obs, &ctx.settings, now);
     }
     let Ok(mut reservations) = ctx.reservations.lock() else {
-        return decide::decide(obs, &ctx.settings, now);
+        return decide::advance(obs, &ctx.settings, now);
     };
     if let Ok(mut ended) = ctx.ended.lock() {
         Context::merge_ended(&mut ended, &mut obs.world.flights);
     }
     Context::merge_reservations(&mut reservations, &mut obs.world);
-    let d = decide::decide(obs, &ctx.settings, now);
-    if let Some(me) = &d.admitted {
+    let d = decide::advance(obs, &ctx.settings, now);
+    if let Some(me) = &d.decision.admitted {
         // Counted as active until the cache shows Scheduling.
         reservations.insert(obs.uid.clone(), me.clone());
     }
     d
 }
 
-/// Writes the status when it changed, then events and metrics.
+/// Writes the status when it changed, then events and metrics: one of
+/// each per step the decision passed through (`steps`, ending with the
+/// status written).
 async fn record(
     ctx: &Context,
     obj: &DynamicObject,
     obs: &Observed,
     d: &Decision,
+    steps: &[kvmotion_api::VirtualMachineMigrationStatus],
 ) -> Result<(), Error> {
     if d.status == obs.status {
         return Ok(());
@@ -455,7 +469,12 @@ async fn record(
     {
         m.insert(obs.uid.clone(), now);
     }
-    ctx.metrics.transition(&obs.status, &d.status);
+    ctx.metrics.status_written();
+    let mut before = &obs.status;
+    for step in steps {
+        ctx.metrics.transition(before, step);
+        before = step;
+    }
     let ended = d.status.phase.is_some_and(Phase::is_terminal)
         && !obs.status.phase.is_some_and(Phase::is_terminal);
     if ended {
@@ -472,7 +491,12 @@ async fn record(
             .map_or_else(ConcurrencyLimits::unlimited, |p| p.concurrency.clone());
         ctx.wake_waiting(&limits);
     }
-    let notes = events::notes(&obs.status, &d.status);
+    let mut notes = Vec::new();
+    let mut before = &obs.status;
+    for step in steps {
+        notes.extend(events::notes(before, step));
+        before = step;
+    }
     ctx.events.send(reference(obj), notes);
     Ok(())
 }

@@ -315,7 +315,11 @@ proptest! {
         let d = if obs.deleting_since.is_some() {
             cancel(&obs, &s, now())
         } else {
-            decide(&obs, &s, now())
+            // What reconcile runs: decide, carried through the phases that
+            // ask no agent; the last step is what is written.
+            let a = advance(&obs, &s, now());
+            prop_assert_eq!(a.steps.last(), Some(&a.decision.status));
+            a.decision
         };
         check_terminal_kept(&obs, &d)?;
         if let Some(effect) = d.effect.clone() {

@@ -2,9 +2,11 @@
 //! as pure functions of what was observed, the controller's settings and
 //! the time. Every phase is matched explicitly and table-tested.
 //!
-//! `decide` runs first; when it asks for an [`Effect`], the caller performs
-//! it and hands the [`Outcome`] to `outcome::apply`, also pure.
+//! `decide` runs first (carried by `advance` through the phases that ask
+//! no agent); when it asks for an [`Effect`], the caller performs it and
+//! hands the [`Outcome`] to `outcome::apply`, also pure.
 
+mod advance;
 mod cancel;
 mod flight;
 #[cfg(test)]
@@ -27,6 +29,7 @@ use kvmotion_api::{ConditionType, Phase, VirtualMachineMigrationStatus};
 use super::conditions;
 use super::observe::{AgentFailure, Observed};
 
+pub use advance::{Advance, advance};
 pub use cancel::cancel;
 pub use flight::endpoints as flight_endpoints;
 pub use outcome::stale_copy;

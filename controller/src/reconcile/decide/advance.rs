@@ -1,0 +1,198 @@
+//! Carrying one observation through the phases that ask no agent:
+//! accepting, admitting, scheduling and prechecking read only the watch
+//! caches, so their decisions follow one another from the same snapshot
+//! and only the last status is written. A move then reaches Preparing in
+//! one status write instead of four, each of which cost a write and a
+//! watch event's round trip before the agents were called.
+
+use jiff::Timestamp;
+use kvmotion_api::{Phase, VirtualMachineMigrationStatus};
+
+use super::{Decision, Settings, decide};
+use crate::reconcile::observe::Observed;
+
+/// A decision carried as far as the caches allow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Advance {
+    /// The decision whose status is written (with the capacity admission
+    /// of any step along the way).
+    pub decision: Decision,
+    /// Every status passed through, oldest first, ending with the one
+    /// written: Events and metrics count each step.
+    pub steps: Vec<VirtualMachineMigrationStatus>,
+}
+
+/// Whether a phase's own decision reads nothing but the caches, so that a
+/// decision entering it may be followed at once by that one.
+fn asks_no_agent(phase: Option<Phase>) -> bool {
+    match phase {
+        Some(Phase::Pending) | Some(Phase::Scheduling) | Some(Phase::Prechecking) => true,
+        // Preparing is written before its agent calls: the status records
+        // what the agents are about to be asked.
+        None
+        | Some(Phase::Preparing)
+        | Some(Phase::Migrating)
+        | Some(Phase::Finalizing)
+        | Some(Phase::Succeeded)
+        | Some(Phase::Failed)
+        | Some(Phase::Cancelled) => false,
+    }
+}
+
+/// `decide`, then, while the decision enters a phase that asks no agent,
+/// that phase's decision on the decided status: what successive reconciles
+/// would write, one watch event apart, from the same caches.
+pub fn advance(obs: &Observed, s: &Settings, now: Timestamp) -> Advance {
+    let mut decision = decide(obs, s, now);
+    let mut steps = vec![decision.status.clone()];
+    let mut at = obs.status.clone();
+    let mut next_obs: Option<Observed> = None;
+    while decision.effect.is_none()
+        && obs.deleting_since.is_none()
+        && decision.status.phase != at.phase
+        && asks_no_agent(decision.status.phase)
+    {
+        let o = next_obs.get_or_insert_with(|| obs.clone());
+        o.status = decision.status.clone();
+        at = decision.status.clone();
+        let next = decide(o, s, now);
+        if next.status == at && next.effect.is_none() {
+            // Nothing more to write: keep waiting as decided.
+            decision.next = next.next;
+            break;
+        }
+        let admitted = decision.admitted.take().or(next.admitted.clone());
+        decision = Decision { admitted, ..next };
+        steps.push(decision.status.clone());
+    }
+    Advance { decision, steps }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use kvmotion_api::ConditionType as C;
+    use kvmotion_api::policy::{ConcurrencyLimits, MigrationPolicy, MigrationPolicySpec};
+
+    use super::*;
+    use crate::reconcile::conditions;
+    use crate::reconcile::decide::Next;
+    use crate::reconcile::decide::tests::{Obs, ago, hv, now, other};
+
+    fn phases(a: &Advance) -> Vec<Option<Phase>> {
+        a.steps.iter().map(|s| s.phase).collect()
+    }
+
+    #[test]
+    fn a_new_migration_with_room_is_written_once_as_preparing() {
+        let obs = Obs::new(None).0;
+        let a = advance(&obs, &Settings::default(), now());
+        assert_eq!(
+            phases(&a),
+            [
+                Some(Phase::Pending),
+                Some(Phase::Scheduling),
+                Some(Phase::Prechecking),
+                Some(Phase::Preparing)
+            ]
+        );
+        let d = &a.decision;
+        assert_eq!(d.status.phase, Some(Phase::Preparing));
+        assert!(
+            d.effect.is_none(),
+            "agents are called once Preparing is written"
+        );
+        assert!(
+            d.admitted.is_some(),
+            "the capacity taken on the way is reserved"
+        );
+        assert_eq!(d.status.target_node.as_deref(), Some("b"));
+        for c in [C::Accepted, C::Admitted, C::Scheduled, C::Prechecked] {
+            let got = conditions::get(&d.status.conditions, c).map(|x| x.status.as_str());
+            assert_eq!(got, Some("True"), "{c:?} in {:?}", d.status.conditions);
+        }
+        // Each phase is recorded as entered, in order.
+        let entered: Vec<Phase> = d
+            .status
+            .phase_transition_times
+            .iter()
+            .map(|t| t.phase)
+            .collect();
+        assert_eq!(
+            entered,
+            [
+                Phase::Pending,
+                Phase::Scheduling,
+                Phase::Prechecking,
+                Phase::Preparing
+            ]
+        );
+        // Deciding again on what is written changes nothing but asks the agents.
+        let written = Obs::new(None).with(|o| o.status = d.status.clone()).0;
+        let again = advance(&written, &Settings::default(), now());
+        assert_eq!(again.steps.len(), 1);
+        assert!(again.decision.effect.is_some());
+    }
+
+    #[test]
+    fn a_migration_without_room_stops_in_pending_saying_why() {
+        let obs = Obs::new(None)
+            .with(|o| {
+                o.world.policies = vec![Arc::new(MigrationPolicy::new(
+                    "one",
+                    MigrationPolicySpec {
+                        is_default: true,
+                        concurrency: ConcurrencyLimits {
+                            per_cluster: 1,
+                            outbound_per_node: 2,
+                            inbound_per_node: 2,
+                        },
+                        ..Default::default()
+                    },
+                ))];
+                o.world.flights = vec![Arc::new(other("older", Phase::Pending, ago(200), "v"))];
+            })
+            .0;
+        let a = advance(&obs, &Settings::default(), now());
+        assert_eq!(phases(&a), [Some(Phase::Pending), Some(Phase::Pending)]);
+        let c = conditions::get(&a.decision.status.conditions, C::Admitted).unwrap();
+        assert_eq!(c.reason, "WaitingForCapacity");
+        assert!(a.decision.admitted.is_none());
+        assert!(matches!(a.decision.next, Next::RequeueAfter(_)));
+    }
+
+    #[test]
+    fn a_failed_precheck_ends_in_the_same_write() {
+        let obs = Obs::new(None)
+            .with(|o| {
+                o.world.hypervisors = vec![Arc::new(hv("a", vec![])), Arc::new(hv("b", vec![]))]
+            })
+            .0;
+        let a = advance(&obs, &Settings::default(), now());
+        assert_eq!(a.decision.status.phase, Some(Phase::Failed));
+        assert_eq!(a.steps.first().and_then(|s| s.phase), Some(Phase::Pending));
+        assert!(a.decision.effect.is_none());
+    }
+
+    #[test]
+    fn phases_that_ask_agents_and_deletions_are_decided_one_step_at_a_time() {
+        for phase in [
+            Phase::Preparing,
+            Phase::Migrating,
+            Phase::Finalizing,
+            Phase::Succeeded,
+            Phase::Failed,
+            Phase::Cancelled,
+        ] {
+            let obs = Obs::new(Some(phase)).0;
+            let a = advance(&obs, &Settings::default(), now());
+            assert_eq!(
+                a.decision,
+                decide(&obs, &Settings::default(), now()),
+                "{phase:?}"
+            );
+            assert_eq!(a.steps.len(), 1, "{phase:?}");
+        }
+    }
+}
