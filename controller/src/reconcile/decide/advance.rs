@@ -73,12 +73,11 @@ mod tests {
     use std::sync::Arc;
 
     use kvmotion_api::ConditionType as C;
-    use kvmotion_api::policy::{ConcurrencyLimits, MigrationPolicy, MigrationPolicySpec};
 
     use super::*;
     use crate::reconcile::conditions;
     use crate::reconcile::decide::Next;
-    use crate::reconcile::decide::tests::{Obs, ago, hv, now, other};
+    use crate::reconcile::decide::tests::{Obs, hv, now, one_slot_taken};
 
     fn phases(a: &Advance) -> Vec<Option<Phase>> {
         a.steps.iter().map(|s| s.phase).collect()
@@ -137,23 +136,7 @@ mod tests {
 
     #[test]
     fn a_migration_without_room_stops_in_pending_saying_why() {
-        let obs = Obs::new(None)
-            .with(|o| {
-                o.world.policies = vec![Arc::new(MigrationPolicy::new(
-                    "one",
-                    MigrationPolicySpec {
-                        is_default: true,
-                        concurrency: ConcurrencyLimits {
-                            per_cluster: 1,
-                            outbound_per_node: 2,
-                            inbound_per_node: 2,
-                        },
-                        ..Default::default()
-                    },
-                ))];
-                o.world.flights = vec![Arc::new(other("older", Phase::Pending, ago(200), "v"))];
-            })
-            .0;
+        let obs = Obs::new(None).with(one_slot_taken).0;
         let a = advance(&obs, &Settings::default(), now());
         assert_eq!(phases(&a), [Some(Phase::Pending), Some(Phase::Pending)]);
         let c = conditions::get(&a.decision.status.conditions, C::Admitted).unwrap();
@@ -177,14 +160,8 @@ mod tests {
 
     #[test]
     fn phases_that_ask_agents_and_deletions_are_decided_one_step_at_a_time() {
-        for phase in [
-            Phase::Preparing,
-            Phase::Migrating,
-            Phase::Finalizing,
-            Phase::Succeeded,
-            Phase::Failed,
-            Phase::Cancelled,
-        ] {
+        // Preparing and every phase after it.
+        for phase in Phase::ALL.into_iter().skip(3) {
             let obs = Obs::new(Some(phase)).0;
             let a = advance(&obs, &Settings::default(), now());
             assert_eq!(

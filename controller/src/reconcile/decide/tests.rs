@@ -667,23 +667,27 @@ fn a_vm_listed_on_two_nodes_waits_for_the_inventories_to_settle() {
     assert_eq!(d.next, Next::RequeueAfter(Duration::from_secs(1)));
 }
 
+/// The cluster's one migration slot (a default policy's limit of 1) taken
+/// by an older waiting migration.
+pub(super) fn one_slot_taken(o: &mut Observed) {
+    o.world.policies = vec![Arc::new(MigrationPolicy::new(
+        "one",
+        MigrationPolicySpec {
+            is_default: true,
+            concurrency: ConcurrencyLimits {
+                per_cluster: 1,
+                outbound_per_node: 2,
+                inbound_per_node: 2,
+            },
+            ..Default::default()
+        },
+    ))];
+    o.world.flights = arcs(vec![other("older", Phase::Pending, ago(200), "v")]);
+}
+
 #[test]
 fn waiting_for_capacity_says_why_and_looks_again() {
-    let obs = Obs::new(Some(Phase::Pending)).with(|o| {
-        o.world.policies = vec![Arc::new(MigrationPolicy::new(
-            "one",
-            MigrationPolicySpec {
-                is_default: true,
-                concurrency: ConcurrencyLimits {
-                    per_cluster: 1,
-                    outbound_per_node: 2,
-                    inbound_per_node: 2,
-                },
-                ..Default::default()
-            },
-        ))];
-        o.world.flights = arcs(vec![other("older", Phase::Pending, ago(200), "v")]);
-    });
+    let obs = Obs::new(Some(Phase::Pending)).with(one_slot_taken);
     let d = decide(&obs.0, &Settings::default(), now());
     let c = conditions::get(&d.status.conditions, C::Admitted).unwrap();
     assert_eq!(
