@@ -337,16 +337,14 @@ async fn drive(obj: &DynamicObject, ctx: &Arc<Context>, deleting: bool) -> Resul
     }
     let t_read = t0.elapsed();
     let now = Timestamp::now();
-    let decide::Advance { decision, steps } = if deleting {
-        let d = decide::cancel(&obs, &ctx.settings, now);
+    let decide::Advance { decision, passed } = if deleting {
         decide::Advance {
-            steps: vec![d.status.clone()],
-            decision: d,
+            decision: decide::cancel(&obs, &ctx.settings, now),
+            passed: Vec::new(),
         }
     } else {
         admit_atomically(ctx, &mut obs, now)
     };
-    let acted = decision.effect.is_some();
     let decision = match decision.effect.clone() {
         Some(effect) => {
             if effect.needs_fresh_state() {
@@ -366,13 +364,7 @@ async fn drive(obj: &DynamicObject, ctx: &Arc<Context>, deleting: bool) -> Resul
         None => decision,
     };
     let t_act = t0.elapsed();
-    // An agent's outcome replaces what was decided before the call.
-    let steps = if acted {
-        vec![decision.status.clone()]
-    } else {
-        steps
-    };
-    record(ctx, obj, &obs, &decision, &steps).await?;
+    record(ctx, obj, &obs, &decision, &passed).await?;
     if t0.elapsed() >= SLOW_RECONCILE {
         // Where a slow reconcile spent its time: agents or the apiserver.
         debug!(
@@ -437,15 +429,14 @@ fn admit_atomically(ctx: &Context, obs: &mut Observed, now: Timestamp) -> decide
     d
 }
 
-/// Writes the status when it changed, then events and metrics: one of
-/// each per step the decision passed through (`steps`, ending with the
-/// status written).
+/// Writes the status when it changed, then events and metrics for each
+/// step: the statuses `passed` on the way, then the one written.
 async fn record(
     ctx: &Context,
     obj: &DynamicObject,
     obs: &Observed,
     d: &Decision,
-    steps: &[kvmotion_api::VirtualMachineMigrationStatus],
+    passed: &[kvmotion_api::VirtualMachineMigrationStatus],
 ) -> Result<(), Error> {
     if d.status == obs.status {
         return Ok(());
@@ -470,9 +461,11 @@ async fn record(
         m.insert(obs.uid.clone(), now);
     }
     ctx.metrics.status_written();
+    let mut notes = Vec::new();
     let mut before = &obs.status;
-    for step in steps {
+    for step in passed.iter().chain([&d.status]) {
         ctx.metrics.transition(before, step);
+        notes.extend(events::notes(before, step));
         before = step;
     }
     let ended = d.status.phase.is_some_and(Phase::is_terminal)
@@ -490,12 +483,6 @@ async fn record(
             .as_ref()
             .map_or_else(ConcurrencyLimits::unlimited, |p| p.concurrency.clone());
         ctx.wake_waiting(&limits);
-    }
-    let mut notes = Vec::new();
-    let mut before = &obs.status;
-    for step in steps {
-        notes.extend(events::notes(before, step));
-        before = step;
     }
     ctx.events.send(reference(obj), notes);
     Ok(())
