@@ -146,6 +146,11 @@ migration_host = "${MIG_IP[$node]}"
 shared_filesystems = [ "$SHARED" ]
 migrate_tls_x509_cert_dir = "/etc/pki/qemu"
 migrate_tls_x509_verify = 1
+# The peer connection of a peer-to-peer move: a dead link fails libvirt's
+# job after about 3 x 3 s instead of the default 5 x 5 s, so the link-cut
+# tests wait seconds, not half a minute, for what they check.
+keepalive_interval = 3
+keepalive_count = 3
 CONF
   local guest_cache=${KVMOTION_CACHE:-$HOME/.cache/kvmotion}/lab
   cat >"$d/init.sh" <<INIT
