@@ -291,15 +291,36 @@ impl Guest {
     pub async fn start(node: &str, name: &str, spec: &GuestSpec) -> Guest {
         let guest = Guest::define(node, name, spec);
         lab(&["virsh", node, "start", name]);
+        guest.settle(node, spec).await;
+        guest
+    }
+
+    /// Starts one guest per spec on `node`, named `prefix-i`, all booting
+    /// at once, and returns them once each is settled as [`Guest::start`]
+    /// says: a test that needs several waits for one boot, not one each.
+    pub async fn start_all(node: &str, prefix: &str, specs: &[GuestSpec]) -> Vec<Guest> {
+        let mut guests = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let guest = Guest::define(node, &format!("{prefix}-{i}"), spec);
+            lab(&["virsh", node, "start", &guest.name]);
+            guests.push(guest);
+        }
+        for (guest, spec) in guests.iter().zip(specs) {
+            guest.settle(node, spec).await;
+        }
+        guests
+    }
+
+    /// Waits until the guest beats on `node` with its workload steady.
+    async fn settle(&self, node: &str, spec: &GuestSpec) {
         let settled = |b: &Beat| (spec.dirty_mib == 0 || b.pass >= 1) && b.seq >= SETTLED_BEATS;
         crate::eventually(
             Duration::from_secs(60),
-            &format!("{name} to beat on {node} with its workload steady"),
-            || async { guest.last_beat(node).filter(settled) },
+            &format!("{} to beat on {node} with its workload steady", self.name),
+            || async { self.last_beat(node).filter(settled) },
         )
         .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", guest.console(node)));
-        guest
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.console(node)));
     }
 
     /// Defines a guest on `node` without starting it, its disk created as

@@ -222,10 +222,9 @@ async fn an_uncordon_mid_evacuation_cancels_the_moves_not_started_and_lets_the_r
     // One move at a time, crawling: the first is mid-transfer while the
     // second waits for capacity.
     crawl_policy(&release, "uncordon-crawl", 1);
-    let mut guests = Vec::new();
-    for name in ["cu-0", "cu-1"] {
-        guests.push(Guest::start("node-a", name, &GuestSpec::default()).await);
-        kvmotion_tests::e2e::wait_listed(control_plane().client().await, "node-a", name, false)
+    let guests = Guest::start_all("node-a", "cu", &vec![GuestSpec::default(); 2]).await;
+    for g in &guests {
+        kvmotion_tests::e2e::wait_listed(control_plane().client().await, "node-a", &g.name, false)
             .await
             .unwrap_or_else(|e| panic!("{e}\n{}", release.describe()));
     }

@@ -21,15 +21,16 @@ async fn guests(rig: &Rig, prefix: &str, n: usize) -> Vec<Guest> {
 
 /// Starts one guest on node-a per size (MiB), named `prefix-i`.
 async fn sized(rig: &Rig, prefix: &str, mib: &[u32]) -> Vec<Guest> {
-    let mut out = Vec::new();
-    for (i, m) in mib.iter().enumerate() {
-        let spec = GuestSpec {
+    let specs: Vec<GuestSpec> = mib
+        .iter()
+        .map(|m| GuestSpec {
             memory_mib: *m,
             ..GuestSpec::default()
-        };
-        let g = Guest::start("node-a", &format!("{prefix}-{i}"), &spec).await;
+        })
+        .collect();
+    let out = Guest::start_all("node-a", prefix, &specs).await;
+    for g in &out {
         rig.wait_inventory("node-a", &g.name).await;
-        out.push(g);
     }
     out
 }

@@ -34,12 +34,9 @@ async fn over_the_limit_migrations_wait_and_start_in_creation_order() {
         .scope
         .kubectl(&["apply", "-f", "-"], Some(&policy.to_string()));
     assert!(out.ok, "{}", out.stderr);
-    let spec = GuestSpec::default();
-    let mut guests = Vec::new();
-    for i in 0..3 {
-        let g = Guest::start("node-a", &format!("e2e-queue-{i}"), &spec).await;
+    let guests = Guest::start_all("node-a", "e2e-queue", &vec![GuestSpec::default(); 3]).await;
+    for g in &guests {
         rig.wait_inventory("node-a", &g.name).await;
-        guests.push(g);
     }
     let mut names = Vec::new();
     for g in &guests {
