@@ -124,6 +124,13 @@ pub struct Args {
     #[arg(long, env = "KVMOTION_HEARTBEAT_SECONDS", default_value_t = 10)]
     pub heartbeat_seconds: u64,
 
+    /// Measure each running guest's dirty rate this often, seconds (one
+    /// second of libvirt's page sampling each time), and publish it in the
+    /// Hypervisor status so that moves are predicted before they start;
+    /// 0 turns it off (moves are then predicted a second into the job).
+    #[arg(long, env = "KVMOTION_DIRTY_RATE_EVERY_SECONDS", default_value_t = 30)]
+    pub dirty_rate_every_seconds: u64,
+
     /// How often a running job is sampled, milliseconds.
     #[arg(long, env = "KVMOTION_POLL_MS", default_value_t = 500)]
     pub poll_ms: u64,

@@ -8,13 +8,14 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use kube::api::{Api, Patch, PatchParams};
-use kvmotion_api::hypervisor::{Hypervisor, HypervisorStatus};
+use kvmotion_api::hypervisor::{DomainInfo, GuestDirtyRate, Hypervisor, HypervisorStatus};
 use serde_json::json;
 use tracing::{debug, warn};
 
 use crate::error::{Error, blocking};
 use crate::libvirt::Libvirt;
 use crate::metrics::Metrics;
+use crate::sampler::Samples;
 
 /// Field manager of everything the agent writes.
 pub const AGENT_MANAGER: &str = "kvmotion-agent";
@@ -40,6 +41,7 @@ pub struct InventoryConfig {
 pub async fn run(
     client: kube::Client,
     lv: Arc<dyn Libvirt>,
+    samples: Arc<Samples>,
     cfg: InventoryConfig,
     metrics: Arc<Metrics>,
 ) {
@@ -64,7 +66,8 @@ pub async fn run(
                 while events.try_recv().is_ok() {}
             }
         }
-        let observed = observe(&lv, &cfg).await;
+        let mut observed = observe(&lv, &cfg).await;
+        samples.fill(&mut observed.domains);
         let due = last_write.elapsed() >= cfg.resync;
         if !due
             && last
@@ -142,10 +145,24 @@ fn ready(ok: bool, reason: &str, message: String) -> Condition {
 
 /// Whether `new` differs from what was published enough to write: any
 /// change but free memory, which must move by more than 2% of the total
-/// (it jitters constantly).
+/// (it jitters constantly), and guests' dirty rates, which count only
+/// when they appear, go, or move to another quarter of an octave (a
+/// sample's time alone is no change: the resync carries it).
 pub fn significant_change(old: &HypervisorStatus, new: &HypervisorStatus) -> bool {
     let strip = |s: &HypervisorStatus| HypervisorStatus {
         last_sync_time: None,
+        domains: s
+            .domains
+            .iter()
+            .map(|d| DomainInfo {
+                dirty_rate: d.dirty_rate.as_ref().map(|r| GuestDirtyRate {
+                    bytes_per_second: quarter_octave(r.bytes_per_second),
+                    resident_bytes: quarter_octave(r.resident_bytes),
+                    measured_at: Time(jiff::Timestamp::UNIX_EPOCH),
+                }),
+                ..d.clone()
+            })
+            .collect(),
         memory: s
             .memory
             .as_ref()
@@ -169,6 +186,16 @@ pub fn significant_change(old: &HypervisorStatus, new: &HypervisorStatus) -> boo
     match (&old.memory, &new.memory) {
         (Some(a), Some(b)) => a.free_bytes.abs_diff(b.free_bytes) > b.total_bytes / 50,
         _ => false,
+    }
+}
+
+/// Which quarter of an octave of MiB `bytes` falls in (0 below 1 MiB).
+fn quarter_octave(bytes: u64) -> u64 {
+    let mib = bytes as f64 / f64::from(1u32 << 20);
+    if mib < 1.0 {
+        0
+    } else {
+        1 + (mib.log2() * 4.0) as u64
     }
 }
 
@@ -284,6 +311,40 @@ mod tests {
             ("a domain appeared", status(500, 1), status(500, 2), true),
         ];
         for (name, old, new, want) in cases {
+            assert_eq!(significant_change(&old, &new), want, "{name}");
+        }
+        let rated = |mib: u64, at: i64| {
+            let mut s = status(500, 1);
+            s.domains[0].dirty_rate = Some(GuestDirtyRate {
+                bytes_per_second: mib << 20,
+                resident_bytes: 100 << 20,
+                measured_at: Time(jiff::Timestamp::from_second(at).unwrap()),
+            });
+            s
+        };
+        let rates = [
+            ("a first sample", status(500, 1), rated(40, 0), true),
+            (
+                "the same rate sampled again",
+                rated(40, 0),
+                rated(40, 30),
+                false,
+            ),
+            (
+                "a rate within its quarter octave",
+                rated(40, 0),
+                rated(44, 30),
+                false,
+            ),
+            (
+                "a rate half again as high",
+                rated(40, 0),
+                rated(60, 30),
+                true,
+            ),
+            ("the sample gone", rated(40, 0), status(500, 1), true),
+        ];
+        for (name, old, new, want) in rates {
             assert_eq!(significant_change(&old, &new), want, "{name}");
         }
         let mut synced = status(500, 1);

@@ -9,6 +9,7 @@ pub mod inventory;
 pub mod libvirt;
 pub mod metrics;
 pub mod run;
+pub mod sampler;
 pub mod serve;
 
 pub use error::Error;

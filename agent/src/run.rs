@@ -14,6 +14,7 @@ use crate::error::Error;
 use crate::inventory::{self, InventoryConfig};
 use crate::libvirt::{Libvirt, virt_impl::VirtLibvirt};
 use crate::metrics::Metrics;
+use crate::sampler::{self, Samples};
 use kvmotion_api::client::{AgentClient, Token};
 
 async fn client(args: &Args) -> Result<Client, Error> {
@@ -78,9 +79,19 @@ pub async fn run(mut args: Args) -> Result<(), Error> {
     );
     let adopted = engine.adopt().await?;
     info!(?adopted, state_dir = %args.state_dir.display(), "records of earlier runs taken back");
+    let samples = Arc::new(Samples::default());
+    let sampler = (args.dirty_rate_every_seconds > 0).then(|| {
+        tokio::spawn(sampler::run(
+            engine.clone(),
+            lv.clone(),
+            samples.clone(),
+            Duration::from_secs(args.dirty_rate_every_seconds),
+        ))
+    });
     let inventory = tokio::spawn(inventory::run(
         kube.clone(),
         lv,
+        samples,
         InventoryConfig {
             node: args.node_name.clone(),
             migration_address: args.migration_address().to_string(),
@@ -104,6 +115,9 @@ pub async fn run(mut args: Args) -> Result<(), Error> {
     let tls = args.tls_cert.as_deref().zip(args.tls_key.as_deref());
     let result = crate::serve::serve(args.listen, api::router(state), tls, shutdown_signal()).await;
     inventory.abort();
+    if let Some(sampler) = sampler {
+        sampler.abort();
+    }
     result
 }
 

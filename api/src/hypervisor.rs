@@ -142,6 +142,25 @@ pub struct DomainInfo {
     /// The guest's disks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<DiskInfo>,
+    /// How fast the running guest dirtied its memory when the agent last
+    /// sampled it; the controller predicts a live move from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty_rate: Option<GuestDirtyRate>,
+}
+
+/// A running guest's dirty rate, sampled by its node's agent in the
+/// background (libvirt's page sampling over one second, every
+/// `--dirty-rate-every-seconds`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GuestDirtyRate {
+    /// Distinct bytes the guest dirtied per second.
+    pub bytes_per_second: u64,
+    /// Memory its QEMU holds: what a first pass sends (the rest are zero
+    /// pages, nearly free on the wire).
+    pub resident_bytes: u64,
+    /// When it was measured.
+    pub measured_at: Time,
 }
 
 /// libvirt's view of a domain's state.

@@ -13,6 +13,7 @@ pub mod migration;
 pub mod movable;
 pub mod phase;
 pub mod policy;
+pub mod predict;
 mod schema;
 pub mod tuning;
 

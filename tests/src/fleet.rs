@@ -229,6 +229,7 @@ fn guest(name: String, uuid: String) -> DomainInfo {
         vcpus: 1,
         persistent: true,
         disks: Vec::new(),
+        dirty_rate: None,
     }
 }
 

@@ -66,6 +66,7 @@ fn guest(name: &str, uuid: &str, state: DomainState) -> DomainInfo {
         vcpus: 1,
         persistent: true,
         disks: Vec::new(),
+        dirty_rate: None,
     }
 }
 

@@ -8,7 +8,7 @@ use kvmotion_api::agent::{DIRTY_RATE_MAX_SECONDS, DirtyRate, DomainRef};
 
 use super::{Engine, by_uuid};
 use crate::error::{Error, blocking};
-use crate::libvirt::LibvirtError;
+use crate::libvirt::{Libvirt, LibvirtError};
 
 /// How long after the measurement's end libvirt may take to report it.
 const REPORT_GRACE: Duration = Duration::from_secs(5);
@@ -23,8 +23,9 @@ const MOVE_PERIOD: u32 = 1;
 #[derive(Debug, Clone)]
 pub(crate) struct Measuring {
     vm: DomainRef,
-    /// `calc_start_time` of the result before this one.
-    before: i64,
+    /// `calc_start_time` of the result before this one (none: the result
+    /// of the measurement running as it began counts).
+    before: Option<i64>,
     asked: Instant,
 }
 
@@ -61,14 +62,13 @@ impl Engine {
             });
         }
         let r = by_uuid(&d.uuid);
-        let before = self.sample(&r, &d.name).await?.start_time;
         let (lv, r2) = (self.lv.clone(), r.clone());
-        blocking(move || lv.start_dirty_rate(&r2, seconds)).await?;
+        let before = blocking(move || begin(&*lv, &r2, seconds)).await?;
         tokio::time::sleep(Duration::from_secs(seconds.into())).await;
         let deadline = Instant::now() + REPORT_GRACE;
         loop {
             let s = self.sample(&r, &d.name).await?;
-            if s.measured && s.start_time != before {
+            if s.measured && Some(s.start_time) != before {
                 return Ok(DirtyRate {
                     bytes_per_second: s.bytes_per_second,
                     resident_bytes: s.resident_bytes.min(d.memory_bytes),
@@ -113,11 +113,10 @@ impl Engine {
     pub(crate) async fn start_measuring(&self, vm: &DomainRef) -> Option<Measuring> {
         let (lv, r) = (self.lv.clone(), vm.clone());
         let started = blocking(move || {
-            let before = lv.dirty_rate(&r)?.map(|s| s.start_time);
-            if before.is_some() {
-                lv.start_dirty_rate(&r, MOVE_PERIOD)?;
+            if lv.dirty_rate(&r)?.is_none() {
+                return Ok(None);
             }
-            Ok(before)
+            begin(&*lv, &r, MOVE_PERIOD).map(Some)
         })
         .await;
         match started {
@@ -143,7 +142,7 @@ impl Engine {
         }
         let (lv, r) = (self.lv.clone(), m.vm.clone());
         match blocking(move || lv.dirty_rate(&r)).await {
-            Ok(Some(s)) if s.measured && s.start_time != m.before => {
+            Ok(Some(s)) if s.measured && Some(s.start_time) != m.before => {
                 Measured::Rate(s.bytes_per_second)
             }
             Ok(Some(_)) if m.asked.elapsed() < period + REPORT_GRACE => Measured::Pending,
@@ -154,5 +153,31 @@ impl Engine {
             Ok(None) => Measured::GaveUp("the domain is gone".into()),
             Err(e) => Measured::GaveUp(e.to_string()),
         }
+    }
+}
+
+/// Starts a measurement of `vm` over `seconds`, or joins the one running
+/// (the background sampler's, or a request's: libvirt refuses a second).
+/// Returns the `calc_start_time` a new result differs from; none when the
+/// running measurement's result is the one to wait for.
+fn begin(lv: &dyn Libvirt, vm: &DomainRef, seconds: u32) -> Result<Option<i64>, LibvirtError> {
+    let now = lv.dirty_rate(vm)?.unwrap_or_default();
+    if now.measuring {
+        return Ok(None);
+    }
+    match lv.start_dirty_rate(vm, seconds) {
+        Ok(()) => Ok(Some(now.start_time)),
+        // Another began between the look and the start: wait for it.
+        Err(e)
+            if lv
+                .dirty_rate(vm)
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.measuring) =>
+        {
+            tracing::debug!(vm = %vm, error = %e, "joining the dirty-rate measurement already running");
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
 }

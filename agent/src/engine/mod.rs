@@ -182,6 +182,11 @@ impl Engine {
         Ok((job, true))
     }
 
+    /// Whether an unfinished job of this agent moves the domain `uuid`.
+    pub fn is_moving(&self, uuid: &str) -> bool {
+        self.job_moving(uuid).is_some()
+    }
+
     /// The unfinished job of this agent that moves the domain `uuid`.
     fn job_moving(&self, uuid: &str) -> Option<Arc<Job>> {
         let jobs = self.jobs.lock().ok()?;
@@ -323,7 +328,7 @@ fn moving<'a>(jobs: &'a HashMap<String, Arc<Job>>, uuid: &str) -> Option<&'a Arc
 }
 
 /// A domain addressed by its uuid only.
-fn by_uuid(uuid: &str) -> DomainRef {
+pub(crate) fn by_uuid(uuid: &str) -> DomainRef {
     DomainRef {
         name: None,
         uuid: Some(uuid.to_string()),

@@ -385,7 +385,7 @@ impl Engine {
                 match self.measured(m).await {
                     Measured::Pending => {}
                     Measured::Rate(rate) => {
-                        let inp = predict::Inputs::from_job(
+                        let inp = predict::from_job(
                             &sample,
                             rate,
                             &policy,

@@ -180,6 +180,9 @@ pub enum LibvirtError {
 pub struct DirtyRateSample {
     /// The measurement started by [`Libvirt::start_dirty_rate`] is done.
     pub measured: bool,
+    /// A measurement is running now (anyone's: libvirt runs one at a time
+    /// per domain, and refuses to start another).
+    pub measuring: bool,
     /// When the last measurement started (`dirtyrate.calc_start_time`):
     /// tells a new result from an earlier one.
     pub start_time: i64,

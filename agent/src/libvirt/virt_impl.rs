@@ -156,6 +156,7 @@ impl VirtLibvirt {
             vcpus: info.nr_virt_cpu,
             persistent: dom.is_persistent().unwrap_or(false),
             disks,
+            dirty_rate: None,
         })
     }
 }
@@ -686,6 +687,7 @@ fn raw_dirty_rate(dom: &Domain) -> Result<DirtyRateSample, LibvirtError> {
         }
         sample = DirtyRateSample {
             measured: status == sys::VIR_DOMAIN_DIRTYRATE_MEASURED as c_int,
+            measuring: status == sys::VIR_DOMAIN_DIRTYRATE_MEASURING as c_int,
             start_time,
             bytes_per_second: u64::try_from(mib).unwrap_or(0).saturating_mul(1 << 20),
             resident_bytes: rss_kib.saturating_mul(1024),

@@ -23,6 +23,7 @@ fn vm(name: &str, gib: u64, state: DomainState) -> DomainInfo {
         vcpus: 1,
         persistent: true,
         disks: Vec::new(),
+        dirty_rate: None,
     }
 }
 

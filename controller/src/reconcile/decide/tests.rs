@@ -57,6 +57,7 @@ pub(super) fn web(state: DomainState) -> DomainInfo {
             shared: true,
             read_only: false,
         }],
+        dirty_rate: None,
     }
 }
 
