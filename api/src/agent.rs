@@ -177,6 +177,11 @@ pub struct StartRequest {
     /// Disks and whether each is copied.
     #[serde(default)]
     pub disks: Vec<DiskPlan>,
+    /// The strategy predicted before the move (never `Refuse`: such a
+    /// move is not started); the source agent follows it from the start
+    /// instead of measuring the guest itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned: Option<crate::migration::Strategy>,
 }
 
 /// Where a migration job stands, as the source agent reports it.

@@ -75,6 +75,9 @@ pub enum ConditionReason {
     /// The VM is in a passing state (shutting down): Prechecking waits for
     /// it to settle, then fails.
     VMStateSettling,
+    /// The dirty rate the source agent sampled and the link's rate say
+    /// that nothing the policy allows converges; the VM was not touched.
+    PredictedNotToConverge,
     /// The only possible target is the VM's own node.
     SameNode,
     /// spec.targetNode has no Hypervisor object.
@@ -154,6 +157,7 @@ impl ConditionReason {
             ConditionReason::VMMoving => "VMMoving",
             ConditionReason::VMNotRunning => "VMNotRunning",
             ConditionReason::VMStateSettling => "VMStateSettling",
+            ConditionReason::PredictedNotToConverge => "PredictedNotToConverge",
             ConditionReason::SameNode => "SameNode",
             ConditionReason::TargetNotFound => "TargetNotFound",
             ConditionReason::TargetNotReady => "TargetNotReady",

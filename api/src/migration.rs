@@ -299,10 +299,11 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
-/// How a live move was predicted to go and what was chosen from it. The
-/// source agent measures the guest's dirty rate (libvirt's page sampling,
-/// one second) as the move starts and predicts from it and the link's rate
-/// seen in that second; see docs/prediction.md.
+/// How a live move was predicted to go and what was chosen from it: by the
+/// controller in Prechecking, from the dirty rate the source agent sampled
+/// in the background and the link's rate, or else by the source agent a
+/// second into the move, from the rate it measured as the move started and
+/// the link's rate seen in that second; see docs/prediction.md.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MigrationPrediction {
@@ -326,8 +327,14 @@ pub struct MigrationPrediction {
     /// absent when refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub downtime_ms: Option<u64>,
-    /// Milliseconds into the job when the prediction was made.
+    /// Milliseconds into the job when the prediction was made (0 when
+    /// made before the move).
     pub made_after_ms: u64,
+    /// Made in Prechecking, before the move, from the dirty rate the
+    /// source agent sampled in the background and the link's rate; the
+    /// move then follows the strategy from its start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub before_move: bool,
 }
 
 /// How a live move converges, as chosen from the prediction.

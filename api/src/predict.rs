@@ -94,6 +94,7 @@ impl Prediction {
             duration_ms: self.duration.map(ms),
             downtime_ms: self.downtime.map(ms),
             made_after_ms: ms(after),
+            before_move: false,
         }
     }
 }

@@ -361,6 +361,8 @@ pub struct Drive {
     pub disks: Vec<DiskPlan>,
     /// Guest memory, bytes.
     pub memory_bytes: u64,
+    /// A strategy predicted before the move, as the controller passes it.
+    pub planned: Option<kvmotion_api::migration::Strategy>,
 }
 
 impl Drive {
@@ -377,6 +379,7 @@ impl Drive {
             tuning: ResolvedTuning::default(),
             disks: Vec::new(),
             memory_bytes: 256 << 20,
+            planned: None,
         }
     }
 
@@ -468,6 +471,7 @@ impl Drive {
             mode: self.mode,
             tuning: self.tuning.clone(),
             disks: self.disks.clone(),
+            planned: self.planned,
         };
         agents
             .on(&self.source)

@@ -182,7 +182,10 @@ pub fn decide(tracker: Tracker, s: &JobSample, elapsed: Duration, p: &Policy) ->
     // The prediction knows at once what the rules below learn only after
     // a full pass or a timeout.
     let planned = match t.planned {
-        Some(Strategy::PostCopyAtOnce) if p.post_copy => Action::StartPostCopy,
+        // libvirt refuses a switch before the job's first bytes.
+        Some(Strategy::PostCopyAtOnce) if p.post_copy && s.data_processed > 0 => {
+            Action::StartPostCopy
+        }
         Some(Strategy::Refuse) => Action::Abort(AbortReason::PredictedNotToConverge),
         Some(Strategy::PauseAfterFirstPass) if s.first_pass_done() && !s.paused => Action::Pause,
         Some(
@@ -489,6 +492,16 @@ mod tests {
                 sample(1, 200, 0, 100),
                 defaults(),
                 Action::StartPostCopy,
+            ),
+            (
+                "post-copy at once, planned before the job sent its first bytes",
+                Strategy::PostCopyAtOnce,
+                JobSample {
+                    data_processed: 0,
+                    ..sample(1, 256, 0, 0)
+                },
+                defaults(),
+                Action::Continue,
             ),
             (
                 "post-copy at once, but the policy forbids it",

@@ -242,10 +242,14 @@ impl Engine {
         let policy = Policy::from(&req.tuning);
         let vm = job.vm.clone();
         let events = self.lv.subscribe();
-        // Only a running guest's move has a strategy to choose.
+        // Only a running guest's move has a strategy to choose, and one
+        // predicted before the move needs no measurement of its own.
         let measuring = match transfer {
-            Transfer::Live => self.start_measuring(&vm).await,
-            Transfer::LivePaused | Transfer::LiveResume | Transfer::Stopped { .. } => None,
+            Transfer::Live if req.planned.is_none() => self.start_measuring(&vm).await,
+            Transfer::Live
+            | Transfer::LivePaused
+            | Transfer::LiveResume
+            | Transfer::Stopped { .. } => None,
         };
         // A paused guest dirties nothing: the downtime is the whole copy
         // of what is left, so there is nothing for a ramp to trade.
@@ -294,6 +298,16 @@ impl Engine {
         let ramp = transfer == Transfer::Live;
         let mut ticker = tokio::time::interval(self.config.poll);
         let mut tracker = Tracker::default();
+        if transfer == Transfer::Live
+            && let Some(plan) = req.planned
+        {
+            tracker.planned = Some(plan);
+            job.update(|s| {
+                if !s.actions.iter().any(|a| a.starts_with("Planned(")) {
+                    s.actions.push(format!("Planned({})", plan.as_str()));
+                }
+            });
+        }
         let mut final_stats: Option<FinalStats> = None;
         let mut policy_abort: Option<convergence::AbortReason> = None;
         let (mut abort_sent, mut force_sent, mut we_paused) = (false, false, false);
@@ -705,6 +719,7 @@ mod tests {
             mode: MigrationMode::Live,
             tuning,
             disks: Vec::new(),
+            planned: None,
         }
     }
 

@@ -110,6 +110,7 @@ pub fn prediction() -> kvmotion_api::migration::MigrationPrediction {
         duration_ms: Some(11_000),
         downtime_ms: Some(20),
         made_after_ms: 1_100,
+        before_move: false,
     }
 }
 

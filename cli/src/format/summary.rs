@@ -30,10 +30,11 @@ pub fn result_line(m: &VirtualMachineMigration) -> Option<String> {
     ))
 }
 
-/// The strategy the source agent predicted and chose, with its figures
-/// and why. None before it is made (or for a move without one).
+/// The strategy predicted and chosen (by the controller before the move,
+/// or by the source agent during it), with its figures and why. None
+/// before it is made (or for a move without one).
 ///
-/// `PostCopyAtOnce: predicted 3.0 s, downtime 20 ms (the guest dirties …)`
+/// `PostCopyAtOnce before the move: predicted 3.0 s, downtime 20 ms (the guest dirties …)`
 pub fn prediction_line(m: &VirtualMachineMigration) -> Option<String> {
     let p = m.status.as_ref()?.prediction.as_ref()?;
     let figures = match (p.duration_ms, p.downtime_ms) {
@@ -42,7 +43,16 @@ pub fn prediction_line(m: &VirtualMachineMigration) -> Option<String> {
         (None, Some(down)) => format!(": downtime {}", millis(down)),
         (None, None) => String::new(),
     };
-    Some(format!("{}{figures} ({})", p.strategy.as_str(), p.reason))
+    let when = if p.before_move {
+        " before the move"
+    } else {
+        ""
+    };
+    Some(format!(
+        "{}{when}{figures} ({})",
+        p.strategy.as_str(),
+        p.reason
+    ))
 }
 
 /// What to print when a followed migration reached a terminal phase.
@@ -125,11 +135,25 @@ mod tests {
         if let Some(s) = predicted.status.as_mut() {
             s.prediction = Some(prediction());
         }
+        let mut foreseen = succeeded();
+        if let Some(s) = foreseen.status.as_mut() {
+            s.prediction = Some(kvmotion_api::migration::MigrationPrediction {
+                before_move: true,
+                made_after_ms: 0,
+                ..prediction()
+            });
+        }
         let cases = [
             (
                 succeeded(),
                 "Succeeded: web-1 runs on node-b (moved from node-a)\n\
                  Result: duration 11.4 s (12.0 s start to completion), downtime 45 ms, 300.0 MiB transferred",
+            ),
+            (
+                foreseen,
+                "Succeeded: web-1 runs on node-b (moved from node-a)\n\
+                 Result: duration 11.4 s (12.0 s start to completion), downtime 45 ms, 300.0 MiB transferred\n\
+                 Predicted: PostCopyAtOnce before the move: predicted 11.0 s, downtime 20 ms (the guest dirties 128 MiB/s and the link moves 25 MiB/s: pre-copy cannot converge, so post-copy starts at once)",
             ),
             (
                 already,

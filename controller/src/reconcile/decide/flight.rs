@@ -80,6 +80,12 @@ pub fn preparing(obs: &Observed, d: &mut Decision, now: Timestamp) {
             mode: spec.mode,
             tuning: policy.tuning.clone(),
             disks: c.disks,
+            planned: obs
+                .status
+                .prediction
+                .as_ref()
+                .filter(|p| p.before_move)
+                .map(|p| p.strategy),
         }),
         source,
         target,

@@ -9,6 +9,7 @@
 mod advance;
 mod cancel;
 mod flight;
+mod foresee;
 #[cfg(test)]
 mod fuzz;
 pub mod outcome;

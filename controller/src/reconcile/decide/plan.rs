@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use kvmotion_api::migration::{AppliedPolicy, ScheduledVm};
+use kvmotion_api::migration::{AppliedPolicy, ScheduledVm, Strategy};
 use kvmotion_api::{
     ConditionReason as R, ConditionType as C, Phase, VirtualMachineMigrationSpec,
     VirtualMachineMigrationStatus, VmRef,
 };
 
-use super::{Decision, Next, Settings, elapsed};
+use super::{Decision, Next, Settings, elapsed, foresee};
 use crate::policy::{self, PolicyProblem, Resolved};
 use crate::precheck::{self, Located};
 use crate::reconcile::capacity;
@@ -446,11 +446,35 @@ pub fn prechecking(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestam
                 .filter(|p| p.copy)
                 .map(|p| p.target.as_str())
                 .collect();
-            let message = if copied.is_empty() {
+            let mut message = if copied.is_empty() {
                 "every precheck passed; no disk is copied".to_string()
             } else {
                 format!("every precheck passed; disks copied: {}", copied.join(", "))
             };
+            let predicted = match (&obs.spec, &obs.status.policy) {
+                (Ok(spec), Some(policy)) => {
+                    foresee::before_move(spec.mode, &c.located.domain, &policy.tuning, now)
+                }
+                _ => None,
+            };
+            if let Some(p) = predicted {
+                let refused = p.strategy == Strategy::Refuse;
+                let why = format!("{}; the VM was not touched", p.reason);
+                message.push_str(&format!(
+                    "; predicted before the move: {}",
+                    p.strategy.as_str()
+                ));
+                d.status.prediction = Some(p);
+                if refused {
+                    return d.fail(
+                        obs,
+                        Some(C::Prechecked),
+                        R::PredictedNotToConverge.as_str(),
+                        why,
+                        now,
+                    );
+                }
+            }
             d.condition(
                 obs,
                 C::Prechecked,

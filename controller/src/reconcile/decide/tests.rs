@@ -755,6 +755,7 @@ fn the_prediction_is_mirrored_as_soon_as_the_job_has_it_and_kept_at_its_end() {
         duration_ms: Some(3100),
         downtime_ms: Some(20),
         made_after_ms: 1100,
+        before_move: false,
     };
     let with = |phase: JobPhase, p: Option<&kvmotion_api::migration::MigrationPrediction>| {
         let mut obs = Obs::new(Some(Phase::Migrating)).job(phase);
