@@ -62,6 +62,13 @@ impl Engine {
             });
         }
         let r = by_uuid(&d.uuid);
+        // Someone else's measurement (the background sampler's) would not
+        // be over the seconds asked for: let it end first.
+        let busy_until =
+            Instant::now() + Duration::from_secs(DIRTY_RATE_MAX_SECONDS.into()) + REPORT_GRACE;
+        while self.sample(&r, &d.name).await?.measuring && Instant::now() < busy_until {
+            tokio::time::sleep(POLL).await;
+        }
         let (lv, r2) = (self.lv.clone(), r.clone());
         let before = blocking(move || begin(&*lv, &r2, seconds)).await?;
         tokio::time::sleep(Duration::from_secs(seconds.into())).await;
