@@ -68,7 +68,7 @@ bench-agent: ## Agent vs virsh on the lab; writes target/bench/agent.json
 
 bench: ## Controller vs virsh on the lab, 1,000 migrations on fake agents, the transports; writes target/bench/controller.json and transports.json
 	@$(CP)/up.sh && tests/lab/lab.sh up && \
-	  $(CARGO) run --release -q -p kvmotion-tests --bin bench-controller && \
+	  KVMOTION_DIRTY_RATE_EVERY_SECONDS=2 $(CARGO) run --release -q -p kvmotion-tests --bin bench-controller && \
 	  $(CARGO) run --release -q -p kvmotion-tests --bin bench-scale && \
 	  $(CARGO) run --release -q -p kvmotion-tests --bin bench-transports
 

@@ -102,6 +102,29 @@ impl Rig {
         self.wait_listed(node, vm, false).await
     }
 
+    /// Waits until `node`'s Hypervisor shows a dirty-rate sample of `vm`
+    /// measured at or after `since` (the agent samples in the background);
+    /// returns it (`bytesPerSecond`, `residentBytes`, `measuredAt`).
+    pub async fn wait_sampled(&self, node: &str, vm: &str, since: jiff::Timestamp) -> Value {
+        let hypervisors: Api<Hypervisor> = Api::all(self.scope.cp.client().await);
+        eventually(
+            Duration::from_secs(90),
+            "a dirty-rate sample in the inventory",
+            || async {
+                let hv = hypervisors.get(node).await.ok()?;
+                let rate = hv
+                    .status?
+                    .domains
+                    .into_iter()
+                    .find(|d| d.name == vm)?
+                    .dirty_rate?;
+                (rate.measured_at.0 >= since).then(|| serde_json::to_value(&rate).ok())?
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.logs()))
+    }
+
     /// Waits until `node` is the only inventory that lists `vm` (after a
     /// move, until the source's inventory has caught up too).
     pub async fn wait_settled(&self, node: &str, vm: &str) {

@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use kvmotion_tests::e2e::{Rig, condition, phases};
-use kvmotion_tests::eventually;
 use kvmotion_tests::lab::{Guest, GuestSpec, exclusive};
 use serde_json::{Value, json};
 
@@ -19,27 +18,16 @@ const SAMPLE_OFTEN: &[&str] = &["--dirty-rate-every-seconds", "2"];
 /// The link's cap: well under what the hot guest dirties.
 const CAP_MIBPS: u64 = 40;
 
-/// Waits until node-a's Hypervisor shows a dirty rate for `vm` above
-/// `over` MiB/s; returns it.
-async fn sampled(rig: &Rig, vm: &str, over: u64) -> Value {
-    eventually(
-        Duration::from_secs(60),
-        "a dirty-rate sample in the inventory",
-        || async {
-            let out = rig
-                .scope
-                .kubectl(&["get", "hypervisor", "node-a", "-o", "json"], None);
-            let hv: Value = serde_json::from_str(&out.stdout).ok()?;
-            let rate = hv["status"]["domains"]
-                .as_array()?
-                .iter()
-                .find(|d| d["name"] == vm)?["dirtyRate"]
-                .clone();
-            (rate["bytesPerSecond"].as_u64()? > over << 20).then_some(rate)
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}\n{}", rig.logs()))
+/// Waits for a sample of `vm` on node-a that reads hotter than the cap.
+async fn sampled_hot(rig: &Rig, vm: &str) -> Value {
+    let rate = rig.wait_sampled("node-a", vm, jiff::Timestamp::now()).await;
+    assert!(
+        rate["bytesPerSecond"]
+            .as_u64()
+            .is_some_and(|b| b > CAP_MIBPS << 20),
+        "the hot guest reads hot: {rate}"
+    );
+    rate
 }
 
 #[tokio::test]
@@ -48,7 +36,7 @@ async fn a_hot_guest_is_predicted_before_its_move_and_moves_by_post_copy_from_th
     let rig = Rig::start_with("e2e-foresee", &[], SAMPLE_OFTEN).await;
     let guest = Guest::start("node-a", "e2e-fore", &GuestSpec::hot()).await;
     rig.wait_inventory("node-a", "e2e-fore").await;
-    let rate = sampled(&rig, "e2e-fore", CAP_MIBPS).await;
+    let rate = sampled_hot(&rig, "e2e-fore").await;
     assert!(
         rate["residentBytes"].as_u64().is_some_and(|b| b > 0),
         "{rate}"
@@ -92,7 +80,7 @@ async fn a_move_nothing_the_policy_allows_can_converge_is_refused_before_it_star
     let rig = Rig::start_with("e2e-foresee-no", &[], SAMPLE_OFTEN).await;
     let guest = Guest::start("node-a", "e2e-fore-no", &GuestSpec::hot()).await;
     rig.wait_inventory("node-a", "e2e-fore-no").await;
-    sampled(&rig, "e2e-fore-no", CAP_MIBPS).await;
+    sampled_hot(&rig, "e2e-fore-no").await;
     let before = guest.last_beat("node-a").expect("beating");
 
     let name = rig.migrate(

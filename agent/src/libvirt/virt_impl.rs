@@ -190,6 +190,26 @@ pub fn image_capacity(path: &str, format: Option<&str>) -> Option<u64> {
     f.metadata().ok().map(|m| m.len())
 }
 
+/// The typed parameters of a migration call.
+fn migrate_params(c: &MigrateCall) -> virt::domain::MigrateParameters {
+    let cap = (c.bandwidth_mibps > 0).then_some(c.bandwidth_mibps);
+    virt::domain::MigrateParameters {
+        // A tunnel goes where the daemon connection goes: libvirt
+        // refuses a migration URI with it.
+        uri: (!c.offline && !c.tunnelled).then(|| c.dest_migration_uri.clone()),
+        bandwidth: cap,
+        // QEMU lifts the cap once post-copy starts unless told otherwise
+        // (its post-copy bandwidth defaults to unlimited): a cap that
+        // protects the network must hold in both phases.
+        bandwidth_postcopy: cap.filter(|_| c.post_copy || c.post_copy_resume),
+        parallel_connections: (c.parallel_connections > 1)
+            .then_some(i32::from(c.parallel_connections)),
+        compression: c.compression.clone(),
+        migrate_disks: c.copy_disks.clone(),
+        ..Default::default()
+    }
+}
+
 fn migrate_flags(call: &MigrateCall, persistent: bool) -> u32 {
     let mut flags = sys::VIR_MIGRATE_PEER2PEER;
     if call.offline {
@@ -343,20 +363,9 @@ impl Libvirt for VirtLibvirt {
         self.with_conn(|conn| {
             let dom = self.require(conn, vm)?;
             let persistent = dom.is_persistent().unwrap_or(false);
-            let params = virt::domain::MigrateParameters {
-                // A tunnel goes where the daemon connection goes: libvirt
-                // refuses a migration URI with it.
-                uri: (!c.offline && !c.tunnelled).then(|| c.dest_migration_uri.clone()),
-                bandwidth: (c.bandwidth_mibps > 0).then_some(c.bandwidth_mibps),
-                parallel_connections: (c.parallel_connections > 1)
-                    .then_some(i32::from(c.parallel_connections)),
-                compression: c.compression.clone(),
-                migrate_disks: c.copy_disks.clone(),
-                ..Default::default()
-            };
             dom.migrate_to_uri3(
                 Some(&c.dest_libvirt_uri),
-                params,
+                migrate_params(c),
                 migrate_flags(c, persistent),
             )
             .map_err(call("virDomainMigrateToURI3"))
@@ -790,6 +799,35 @@ mod tests {
         };
         assert_ne!(migrate_flags(&tunnel, true) & sys::VIR_MIGRATE_TUNNELLED, 0);
         assert_eq!(migrate_flags(&live, true) & sys::VIR_MIGRATE_TUNNELLED, 0);
+    }
+
+    #[test]
+    fn a_bandwidth_cap_holds_in_post_copy_too() {
+        let capped = MigrateCall {
+            live: true,
+            post_copy: true,
+            bandwidth_mibps: 100,
+            ..Default::default()
+        };
+        let p = migrate_params(&capped);
+        assert_eq!((p.bandwidth, p.bandwidth_postcopy), (Some(100), Some(100)));
+        let no_post_copy = migrate_params(&MigrateCall {
+            post_copy: false,
+            ..capped.clone()
+        });
+        assert_eq!(
+            (no_post_copy.bandwidth, no_post_copy.bandwidth_postcopy),
+            (Some(100), None),
+            "libvirt takes a post-copy bandwidth only with post-copy"
+        );
+        let uncapped = migrate_params(&MigrateCall {
+            bandwidth_mibps: 0,
+            ..capped
+        });
+        assert_eq!(
+            (uncapped.bandwidth, uncapped.bandwidth_postcopy),
+            (None, None)
+        );
     }
 
     #[test]
