@@ -42,6 +42,7 @@ pub async fn run(
     client: kube::Client,
     lv: Arc<dyn Libvirt>,
     samples: Arc<Samples>,
+    engine: Arc<crate::engine::Engine>,
     cfg: InventoryConfig,
     metrics: Arc<Metrics>,
 ) {
@@ -68,6 +69,9 @@ pub async fn run(
         }
         let mut observed = observe(&lv, &cfg).await;
         samples.fill(&mut observed.domains);
+        observed.migration_startup_ms = engine
+            .startup()
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let due = last_write.elapsed() >= cfg.resync;
         if !due
             && last

@@ -92,6 +92,7 @@ pub async fn run(mut args: Args) -> Result<(), Error> {
         kube.clone(),
         lv,
         samples,
+        engine.clone(),
         InventoryConfig {
             node: args.node_name.clone(),
             migration_address: args.migration_address().to_string(),

@@ -86,6 +86,12 @@ pub struct HypervisorStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["uuid"]))]
     pub domains: Vec<DomainInfo>,
+    /// How long this node's live moves took from the agent's call to the
+    /// first byte on the wire (libvirt connecting to the target, the
+    /// target's QEMU starting), averaged over its recent moves as source;
+    /// the controller's prediction before a move counts it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migration_startup_ms: Option<u64>,
     /// When the agent last checked libvirt, changed or not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,

@@ -271,21 +271,25 @@ pub fn predict(inp: &Inputs) -> Prediction {
     }
 }
 
-/// Time from asking libvirt for a move to the first byte on the wire:
-/// connecting the daemons and starting the target's QEMU (measured on the
-/// lab, about 0.3 s). A prediction made before the move counts it.
+/// Time from asking libvirt for a move to the first byte on the wire
+/// (connecting the daemons, starting the target's QEMU) taken when the
+/// source node has not yet measured its own (`migrationStartupMs` in its
+/// Hypervisor status): KVM hosts take a few tenths of a second.
 pub const START: Duration = Duration::from_millis(300);
 
 impl Inputs {
     /// The inputs of a prediction made before the move: the guest as the
     /// source agent last sampled it (`resident_bytes` hold data, the rest
     /// are zero pages that cost nearly nothing on the wire), the link's
-    /// rate and the migration's tuning.
+    /// rate, how long the source node's moves take to their first byte
+    /// (`startup`, [`START`] when it has not measured one) and the
+    /// migration's tuning.
     pub fn before_move(
         memory_bytes: u64,
         resident_bytes: u64,
         dirty_bytes_per_second: u64,
         link_bytes_per_second: u64,
+        startup: Option<Duration>,
         t: &ResolvedTuning,
     ) -> Inputs {
         Inputs {
@@ -296,7 +300,7 @@ impl Inputs {
             dirty_bytes_per_second,
             link_bytes_per_second,
             max_downtime: Duration::from_millis(u64::from(t.max_downtime_ms)),
-            setup: START + FINISH,
+            setup: startup.unwrap_or(START) + FINISH,
             post_copy: t.post_copy,
             auto_converge: t.auto_converge,
             pause: t.on_timeout == TimeoutAction::Pause,
@@ -516,14 +520,27 @@ mod tests {
             post_copy: true,
             ..ResolvedTuning::default()
         };
-        let inp = Inputs::before_move(256 * MIB, 300 * MIB, 8 * MIB, 100 * MIB, &t);
+        let inp = Inputs::before_move(256 * MIB, 300 * MIB, 8 * MIB, 100 * MIB, None, &t);
         assert_eq!(
             inp.first_pass_remaining_bytes,
             256 * MIB,
             "no more than the memory"
         );
         assert_eq!((inp.sent_bytes, inp.flowing), (0, Duration::ZERO));
-        assert_eq!(inp.setup, START + FINISH);
+        assert_eq!(inp.setup, START + FINISH, "without a measured startup");
+        let slow = Inputs::before_move(
+            256 * MIB,
+            40 * MIB,
+            2 * MIB,
+            100 * MIB,
+            Some(Duration::from_secs(1)),
+            &t,
+        );
+        assert_eq!(
+            slow.setup,
+            Duration::from_secs(1) + FINISH,
+            "with the node's own"
+        );
         assert_eq!(inp.max_downtime, Duration::from_millis(300));
         assert_eq!(
             (inp.post_copy, inp.pause, inp.timeouts),
@@ -535,6 +552,7 @@ mod tests {
             40 * MIB,
             2 * MIB,
             100 * MIB,
+            None,
             &t,
         ));
         assert_eq!(idle.strategy, Strategy::PreCopy);
@@ -546,6 +564,7 @@ mod tests {
             200 * MIB,
             150 * MIB,
             100 * MIB,
+            None,
             &t,
         ));
         assert_eq!(hot.strategy, Strategy::PostCopyAtOnce);

@@ -480,6 +480,13 @@ impl Guest {
             ),
             Err(e) => {
                 let console = self.console(node);
+                if let Some(fault) = kernel_fault_after(&console, after.boot) {
+                    panic!(
+                        "{GUEST_KERNEL_FAULT}: {} faulted on {node} after {after:?} and stopped \
+                         beating (software-emulated QEMU, docs/failure-behaviour.md)\n{e}\n{fault}",
+                        self.name
+                    );
+                }
                 panic!(
                     "{e}\nconsole on {node}:\n{}\n{}",
                     tail(&console, 10),
@@ -554,19 +561,35 @@ const FAULT_LINES: [&str; 5] = [
 /// no such thing (earlier boots before `boot`'s last beat do not count).
 pub fn kernel_fault_since(console: &str, boot: u32) -> Option<String> {
     let lines: Vec<&str> = console.lines().collect();
-    let from = lines
-        .iter()
-        .rposition(|l| parse_beat(l).is_some_and(|b| b.boot == boot))
-        .map_or(0, |i| i + 1);
-    let fault = from
-        + lines[from..]
-            .iter()
-            .position(|l| FAULT_LINES.iter().any(|f| l.contains(f)))?;
+    let fault = first_fault_after_last_beat(&lines, boot)?;
     let again = fault
         + lines[fault..]
             .iter()
             .position(|l| parse_beat(l).is_some_and(|b| b.boot != boot))?;
     Some(lines[fault.saturating_sub(5)..=again.min(fault + 40)].join("\n"))
+}
+
+/// The kernel fault a console shows after the last heartbeat of `boot`,
+/// whether or not the guest started again: a fault in a process (not in
+/// an interrupt) kills the heartbeat and leaves the kernel running, so
+/// the heartbeat just stops. For a guest that stopped beating.
+pub fn kernel_fault_after(console: &str, boot: u32) -> Option<String> {
+    let lines: Vec<&str> = console.lines().collect();
+    let fault = first_fault_after_last_beat(&lines, boot)?;
+    Some(lines[fault.saturating_sub(5)..lines.len().min(fault + 40)].join("\n"))
+}
+
+/// Where the first fault line after the last heartbeat of `boot` is.
+fn first_fault_after_last_beat(lines: &[&str], boot: u32) -> Option<usize> {
+    let from = lines
+        .iter()
+        .rposition(|l| parse_beat(l).is_some_and(|b| b.boot == boot))
+        .map_or(0, |i| i + 1);
+    Some(
+        from + lines[from..]
+            .iter()
+            .position(|l| FAULT_LINES.iter().any(|f| l.contains(f)))?,
+    )
 }
 
 /// What a console shows around the first heartbeat of another boot than
@@ -641,6 +664,33 @@ mod tests {
         // The arriving guest faulted before its first beat there.
         let arrived = [FAULT, NEW].join("\n");
         assert!(kernel_fault_since(&arrived, 10).is_some());
+    }
+
+    #[test]
+    fn a_fault_that_only_stopped_the_heartbeat_is_a_kernel_fault_once_it_stopped() {
+        let oops = "[   15.65] Oops: 0000 [#1] PREEMPT SMP NOPTI";
+        let console = [
+            OLD,
+            oops,
+            "[   15.66] note: heartbeat[1] exited with irqs disabled",
+        ]
+        .join("\n");
+        let fault = kernel_fault_after(&console, 10).expect("a fault");
+        assert!(
+            fault.contains("Oops") && fault.contains("exited"),
+            "{fault}"
+        );
+        assert_eq!(
+            kernel_fault_since(&console, 10),
+            None,
+            "no other boot followed"
+        );
+        let healthy = [oops, OLD].join("\n");
+        assert_eq!(
+            kernel_fault_after(&healthy, 10),
+            None,
+            "a fault before the last beat"
+        );
     }
 
     #[test]

@@ -95,8 +95,13 @@ impl Engine {
         let events = self.lv.subscribe();
         let end = job_gone(self.lv.clone(), job.vm.clone(), self.config.poll);
         let started = started_at(&record);
+        let begun = super::source::Begun {
+            at: started,
+            fresh: false,
+            measuring: None,
+        };
         let mut outcome = self
-            .monitor(&job, &record.request, transfer, end, events, started, None)
+            .monitor(&job, &record.request, transfer, end, events, begun)
             .await;
         if record.how == Move::LiveRunning {
             outcome = self

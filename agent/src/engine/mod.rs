@@ -128,6 +128,8 @@ pub struct Engine {
     pub state: state::StateDir,
     /// Client for peer agents (disk sync).
     pub peer: kvmotion_api::client::AgentClient,
+    /// How long recent live moves took from the call to the first byte.
+    startup: Mutex<Option<Duration>>,
 }
 
 impl Engine {
@@ -147,6 +149,7 @@ impl Engine {
             prepare_lock: tokio::sync::Mutex::new(()),
             state,
             peer,
+            startup: Mutex::new(None),
         })
     }
 
@@ -180,6 +183,23 @@ impl Engine {
         let job = Arc::new(Job::new(id, vm, &self.config.node));
         jobs.insert(id.to_string(), job.clone());
         Ok((job, true))
+    }
+
+    /// How long this node's live moves took from the migration call to
+    /// the first byte on the wire: the average of recent ones, each
+    /// weighing half of what came before.
+    pub fn startup(&self) -> Option<Duration> {
+        self.startup.lock().ok().and_then(|s| *s)
+    }
+
+    /// Counts one live move's time to its first byte into [`Engine::startup`].
+    pub(crate) fn note_startup(&self, took: Duration) {
+        if let Ok(mut s) = self.startup.lock() {
+            *s = Some(match *s {
+                Some(before) => (before + took) / 2,
+                None => took,
+            });
+        }
     }
 
     /// Whether an unfinished job of this agent moves the domain `uuid`.

@@ -272,8 +272,12 @@ impl Engine {
                 })
             })
         });
-        self.monitor(job, req, transfer, end, events, Instant::now(), measuring)
-            .await
+        let begun = Begun {
+            at: Instant::now(),
+            fresh: true,
+            measuring,
+        };
+        self.monitor(job, req, transfer, end, events, begun).await
     }
 
     /// Monitors a libvirt job until `end` resolves: samples it, applies the
@@ -281,7 +285,6 @@ impl Engine {
     /// progress. `end` is the migration call, or for an adopted job a wait
     /// for libvirt's job to go away. With `measuring`, the guest's dirty
     /// rate is read once measured and the prediction chooses the strategy.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn monitor(
         &self,
         job: &Arc<Job>,
@@ -289,9 +292,13 @@ impl Engine {
         transfer: Transfer,
         mut migration: JobEnd,
         mut events: tokio::sync::broadcast::Receiver<LibvirtEvent>,
-        started: Instant,
-        mut measuring: Option<Measuring>,
+        begun: Begun,
     ) -> Result<Outcome, Error> {
+        let Begun {
+            at: started,
+            fresh,
+            mut measuring,
+        } = begun;
         let policy = Policy::from(&req.tuning);
         let vm = job.vm.clone();
         let uuid = vm.uuid.clone().unwrap_or_default();
@@ -368,7 +375,13 @@ impl Engine {
             if sample.data_total == 0 && sample.data_processed == 0 {
                 continue;
             }
-            let flowing = *flowing_since.get_or_insert_with(Instant::now);
+            let flowing = *flowing_since.get_or_insert_with(|| {
+                // Only a move this run started knows when it was asked for.
+                if fresh && ramp {
+                    self.note_startup(started.elapsed());
+                }
+                Instant::now()
+            });
             if job.abort_requested.load(Ordering::SeqCst) && !abort_sent {
                 abort_sent = true;
                 self.act(
@@ -652,6 +665,17 @@ fn check_mode(info: &DomainInfo, mode: MigrationMode) -> Result<Move, Error> {
 }
 
 /// libvirt's view of the request.
+/// How a monitored job began.
+pub(crate) struct Begun {
+    /// When the job started.
+    pub at: Instant,
+    /// This run started it (an adopted job was started by an earlier one,
+    /// and `at` is only reconstructed from its record).
+    pub fresh: bool,
+    /// The dirty-rate measurement a live move predicts from, if any.
+    pub measuring: Option<Measuring>,
+}
+
 fn migrate_call(req: &StartRequest, transfer: Transfer) -> MigrateCall {
     let t: &ResolvedTuning = &req.tuning;
     let (live, disks_synced) = match transfer {

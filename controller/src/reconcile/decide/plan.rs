@@ -453,7 +453,14 @@ pub fn prechecking(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestam
             };
             let predicted = match (&obs.spec, &obs.status.policy) {
                 (Ok(spec), Some(policy)) => {
-                    foresee::before_move(spec.mode, &c.located.domain, &policy.tuning, now)
+                    let startup = obs
+                        .world
+                        .hypervisors
+                        .iter()
+                        .find(|h| h.metadata.name.as_deref() == Some(c.source.as_str()))
+                        .and_then(|h| h.status.as_ref()?.migration_startup_ms)
+                        .map(Duration::from_millis);
+                    foresee::before_move(spec.mode, &c.located.domain, startup, &policy.tuning, now)
                 }
                 _ => None,
             };
