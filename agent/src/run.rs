@@ -83,7 +83,6 @@ pub async fn run(mut args: Args) -> Result<(), Error> {
     let sampler = (args.dirty_rate_every_seconds > 0).then(|| {
         tokio::spawn(sampler::run(
             engine.clone(),
-            lv.clone(),
             samples.clone(),
             Duration::from_secs(args.dirty_rate_every_seconds),
         ))

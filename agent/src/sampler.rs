@@ -14,7 +14,6 @@ use tracing::debug;
 
 use crate::engine::{Engine, by_uuid};
 use crate::error::blocking;
-use crate::libvirt::Libvirt;
 
 /// The latest sample of each guest, by domain UUID.
 #[derive(Debug, Default)]
@@ -54,17 +53,12 @@ impl Samples {
 
 /// Samples every running guest each `every`, until the process ends.
 /// Guests this agent is moving are left alone: their move measures them.
-pub async fn run(
-    engine: Arc<Engine>,
-    lv: Arc<dyn Libvirt>,
-    samples: Arc<Samples>,
-    every: Duration,
-) {
+pub async fn run(engine: Arc<Engine>, samples: Arc<Samples>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let lv = lv.clone();
+        let lv = engine.lv.clone();
         let domains = match blocking(move || lv.domains()).await {
             Ok(d) => d,
             Err(e) => {

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use kvmotion_tests::e2e::{Rig, condition, phases};
-use kvmotion_tests::lab::{Guest, GuestSpec, exclusive};
+use kvmotion_tests::lab::{Beat, Guest, GuestSpec, LabLock, exclusive};
 use serde_json::{Value, json};
 
 /// node-a's agent samples every two seconds instead of thirty, so a guest
@@ -18,8 +18,14 @@ const SAMPLE_OFTEN: &[&str] = &["--dirty-rate-every-seconds", "2"];
 /// The link's cap: well under what the hot guest dirties.
 const CAP_MIBPS: u64 = 40;
 
-/// Waits for a sample of `vm` on node-a that reads hotter than the cap.
-async fn sampled_hot(rig: &Rig, vm: &str) -> Value {
+/// The lab held, a rig whose node-a agent samples often, and a hot guest
+/// on node-a with a sample that reads hotter than the cap; returns the
+/// sample and the guest's heartbeat from before any move.
+async fn scene(test: &str, vm: &str) -> (LabLock, Rig, Guest, Value, Beat) {
+    let lab = exclusive().await;
+    let rig = Rig::start_with(test, &[], SAMPLE_OFTEN).await;
+    let guest = Guest::start("node-a", vm, &GuestSpec::hot()).await;
+    rig.wait_inventory("node-a", vm).await;
     let rate = rig.wait_sampled("node-a", vm, jiff::Timestamp::now()).await;
     assert!(
         rate["bytesPerSecond"]
@@ -27,21 +33,17 @@ async fn sampled_hot(rig: &Rig, vm: &str) -> Value {
             .is_some_and(|b| b > CAP_MIBPS << 20),
         "the hot guest reads hot: {rate}"
     );
-    rate
+    let before = guest.last_beat("node-a").expect("beating");
+    (lab, rig, guest, rate, before)
 }
 
 #[tokio::test]
 async fn a_hot_guest_is_predicted_before_its_move_and_moves_by_post_copy_from_the_start() {
-    let _lab = exclusive().await;
-    let rig = Rig::start_with("e2e-foresee", &[], SAMPLE_OFTEN).await;
-    let guest = Guest::start("node-a", "e2e-fore", &GuestSpec::hot()).await;
-    rig.wait_inventory("node-a", "e2e-fore").await;
-    let rate = sampled_hot(&rig, "e2e-fore").await;
+    let (_lab, rig, guest, rate, before) = scene("e2e-foresee", "e2e-fore").await;
     assert!(
         rate["residentBytes"].as_u64().is_some_and(|b| b > 0),
         "{rate}"
     );
-    let before = guest.last_beat("node-a").expect("beating");
 
     let name = rig.migrate(
         "fore",
@@ -76,12 +78,7 @@ async fn a_hot_guest_is_predicted_before_its_move_and_moves_by_post_copy_from_th
 
 #[tokio::test]
 async fn a_move_nothing_the_policy_allows_can_converge_is_refused_before_it_starts() {
-    let _lab = exclusive().await;
-    let rig = Rig::start_with("e2e-foresee-no", &[], SAMPLE_OFTEN).await;
-    let guest = Guest::start("node-a", "e2e-fore-no", &GuestSpec::hot()).await;
-    rig.wait_inventory("node-a", "e2e-fore-no").await;
-    sampled_hot(&rig, "e2e-fore-no").await;
-    let before = guest.last_beat("node-a").expect("beating");
+    let (_lab, rig, guest, _, before) = scene("e2e-foresee-no", "e2e-fore-no").await;
 
     let name = rig.migrate(
         "fore-no",

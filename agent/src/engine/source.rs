@@ -283,8 +283,9 @@ impl Engine {
     /// Monitors a libvirt job until `end` resolves: samples it, applies the
     /// convergence policy, carries out abort and force-complete, reports
     /// progress. `end` is the migration call, or for an adopted job a wait
-    /// for libvirt's job to go away. With `measuring`, the guest's dirty
-    /// rate is read once measured and the prediction chooses the strategy.
+    /// for libvirt's job to go away. With `begun.measuring`, the guest's
+    /// dirty rate is read once measured and the prediction chooses the
+    /// strategy; with a strategy planned before the move, it is followed.
     pub(crate) async fn monitor(
         &self,
         job: &Arc<Job>,
@@ -664,7 +665,6 @@ fn check_mode(info: &DomainInfo, mode: MigrationMode) -> Result<Move, Error> {
     })
 }
 
-/// libvirt's view of the request.
 /// How a monitored job began.
 pub(crate) struct Begun {
     /// When the job started.
@@ -676,6 +676,7 @@ pub(crate) struct Begun {
     pub measuring: Option<Measuring>,
 }
 
+/// libvirt's view of the request.
 fn migrate_call(req: &StartRequest, transfer: Transfer) -> MigrateCall {
     let t: &ResolvedTuning = &req.tuning;
     let (live, disks_synced) = match transfer {

@@ -436,6 +436,25 @@ fn agent_available(
     Ok(())
 }
 
+/// The prediction of a checked move made before it starts, when there is
+/// what to make it from (`foresee::before_move`), counting the source
+/// node's own start-up.
+fn predict_before_move(
+    obs: &Observed,
+    c: &Checked,
+    now: Timestamp,
+) -> Option<kvmotion_api::migration::MigrationPrediction> {
+    let (Ok(spec), Some(policy)) = (&obs.spec, &obs.status.policy) else {
+        return None;
+    };
+    let startup = obs
+        .world
+        .hypervisor(&c.source)
+        .and_then(|h| h.status.as_ref()?.migration_startup_ms)
+        .map(Duration::from_millis);
+    foresee::before_move(spec.mode, &c.located.domain, startup, &policy.tuning, now)
+}
+
 /// Prechecking: everything that can be known before touching an agent.
 pub fn prechecking(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestamp) {
     match check(obs, s, now) {
@@ -451,20 +470,7 @@ pub fn prechecking(obs: &Observed, s: &Settings, d: &mut Decision, now: Timestam
             } else {
                 format!("every precheck passed; disks copied: {}", copied.join(", "))
             };
-            let predicted = match (&obs.spec, &obs.status.policy) {
-                (Ok(spec), Some(policy)) => {
-                    let startup = obs
-                        .world
-                        .hypervisors
-                        .iter()
-                        .find(|h| h.metadata.name.as_deref() == Some(c.source.as_str()))
-                        .and_then(|h| h.status.as_ref()?.migration_startup_ms)
-                        .map(Duration::from_millis);
-                    foresee::before_move(spec.mode, &c.located.domain, startup, &policy.tuning, now)
-                }
-                _ => None,
-            };
-            if let Some(p) = predicted {
+            if let Some(p) = predict_before_move(obs, &c, now) {
                 let refused = p.strategy == Strategy::Refuse;
                 let why = format!("{}; the VM was not touched", p.reason);
                 message.push_str(&format!(
