@@ -69,9 +69,10 @@ pub async fn run(
         }
         let mut observed = observe(&lv, &cfg).await;
         samples.fill(&mut observed.domains);
-        observed.migration_startup_ms = engine
-            .startup()
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let overheads = engine.overheads();
+        let ms = |d: Option<Duration>| d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        observed.migration_startup_ms = ms(overheads.startup);
+        observed.migration_finish_ms = ms(overheads.finish);
         let due = last_write.elapsed() >= cfg.resync;
         if !due
             && last

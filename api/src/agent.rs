@@ -182,6 +182,11 @@ pub struct StartRequest {
     /// instead of measuring the guest itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planned: Option<crate::migration::Strategy>,
+    /// What that prediction counted for the data (its duration less the
+    /// node's start-up and finish), in milliseconds: the source agent
+    /// measures its node's finish against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_transfer_ms: Option<u64>,
 }
 
 /// Where a migration job stands, as the source agent reports it.

@@ -88,10 +88,17 @@ pub struct HypervisorStatus {
     pub domains: Vec<DomainInfo>,
     /// How long this node's live moves took from the agent's call to the
     /// first byte on the wire (libvirt connecting to the target, the
-    /// target's QEMU starting), averaged over its recent moves as source;
+    /// target's QEMU starting), the median of its last five moves as source;
     /// the controller's prediction before a move counts it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub migration_startup_ms: Option<u64>,
+    /// What this node's predicted live moves took beyond their start-up
+    /// and the time their prediction counted for their data (the target
+    /// taking the guest over, libvirt ending the job, whatever else the
+    /// model does not count), the median of its last five such moves as source;
+    /// the controller's prediction before a move counts it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migration_finish_ms: Option<u64>,
     /// When the agent last checked libvirt, changed or not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_sync_time: Option<Time>,
@@ -99,6 +106,18 @@ pub struct HypervisorStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+impl HypervisorStatus {
+    /// What the node's live moves cost besides their data, as its agent
+    /// measured them.
+    pub fn move_overheads(&self) -> crate::predict::Overheads {
+        let ms = |v: Option<u64>| v.map(std::time::Duration::from_millis);
+        crate::predict::Overheads {
+            startup: ms(self.migration_startup_ms),
+            finish: ms(self.migration_finish_ms),
+        }
+    }
 }
 
 /// The host CPU.

@@ -327,6 +327,11 @@ pub struct MigrationPrediction {
     /// absent when refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub downtime_ms: Option<u64>,
+    /// Of `durationMs`, what the source node's moves cost besides their
+    /// data, as its agent measured them (start-up and finish), in
+    /// milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup_ms: Option<u64>,
     /// Milliseconds into the job when the prediction was made (0 when
     /// made before the move).
     pub made_after_ms: u64,

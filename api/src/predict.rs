@@ -93,14 +93,16 @@ impl Prediction {
             },
             duration_ms: self.duration.map(ms),
             downtime_ms: self.downtime.map(ms),
+            setup_ms: self.duration.map(|_| ms(inp.setup)),
             made_after_ms: ms(after),
             before_move: false,
         }
     }
 }
 
-/// Time a move takes on the target after its last byte: starting the
-/// guest there and ending the job (measured on the lab, about 0.2 s).
+/// Time a move takes beyond its start-up and its data (the target taking
+/// the guest over, libvirt ending the job) taken when the source node has
+/// not yet measured its own (`migrationFinishMs`, [`finish_of`]).
 pub const FINISH: Duration = Duration::from_millis(200);
 
 /// Passes after which pre-copy is taken not to converge (libvirt keeps
@@ -277,19 +279,48 @@ pub fn predict(inp: &Inputs) -> Prediction {
 /// Hypervisor status): KVM hosts take a few tenths of a second.
 pub const START: Duration = Duration::from_millis(300);
 
+/// What a node's moves cost besides sending data, as its agent measured
+/// them on its recent moves as source; [`START`] and [`FINISH`] stand in
+/// for what it has not measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Overheads {
+    /// From the migration call to the first byte on the wire.
+    pub startup: Option<Duration>,
+    /// What a predicted move took beyond its start-up and the time its
+    /// prediction counted for its data ([`finish_of`]).
+    pub finish: Option<Duration>,
+}
+
+impl Overheads {
+    /// The time of a move outside its transfer.
+    pub fn setup(&self) -> Duration {
+        self.startup.unwrap_or(START) + self.finish.unwrap_or(FINISH)
+    }
+}
+
+/// What a finished move took beyond its start-up (`before_flow`) and the
+/// time its prediction counted for its data (`transfer`, the predicted
+/// duration less the setup it counted): the target taking the guest over,
+/// libvirt ending the job, and whatever else the model does not count
+/// (scanning a mostly empty memory is slower than its data on the link,
+/// a post-copy fetches pages slower than the link's rate). Each predicted
+/// move thus makes the next prediction's setup its node's own.
+pub fn finish_of(wall: Duration, before_flow: Duration, transfer: Duration) -> Duration {
+    wall.saturating_sub(before_flow).saturating_sub(transfer)
+}
+
 impl Inputs {
     /// The inputs of a prediction made before the move: the guest as the
     /// source agent last sampled it (`resident_bytes` hold data, the rest
     /// are zero pages that cost nearly nothing on the wire), the link's
-    /// rate, how long the source node's moves take to their first byte
-    /// (`startup`, [`START`] when it has not measured one) and the
-    /// migration's tuning.
+    /// rate, what the source node's moves cost besides their data
+    /// (`overheads`) and the migration's tuning.
     pub fn before_move(
         memory_bytes: u64,
         resident_bytes: u64,
         dirty_bytes_per_second: u64,
         link_bytes_per_second: u64,
-        startup: Option<Duration>,
+        overheads: Overheads,
         t: &ResolvedTuning,
     ) -> Inputs {
         Inputs {
@@ -300,7 +331,7 @@ impl Inputs {
             dirty_bytes_per_second,
             link_bytes_per_second,
             max_downtime: Duration::from_millis(u64::from(t.max_downtime_ms)),
-            setup: startup.unwrap_or(START) + FINISH,
+            setup: overheads.setup(),
             post_copy: t.post_copy,
             auto_converge: t.auto_converge,
             pause: t.on_timeout == TimeoutAction::Pause,
@@ -520,26 +551,34 @@ mod tests {
             post_copy: true,
             ..ResolvedTuning::default()
         };
-        let inp = Inputs::before_move(256 * MIB, 300 * MIB, 8 * MIB, 100 * MIB, None, &t);
+        let none = Overheads::default();
+        let inp = Inputs::before_move(256 * MIB, 300 * MIB, 8 * MIB, 100 * MIB, none, &t);
         assert_eq!(
             inp.first_pass_remaining_bytes,
             256 * MIB,
             "no more than the memory"
         );
         assert_eq!((inp.sent_bytes, inp.flowing), (0, Duration::ZERO));
-        assert_eq!(inp.setup, START + FINISH, "without a measured startup");
-        let slow = Inputs::before_move(
-            256 * MIB,
-            40 * MIB,
-            2 * MIB,
-            100 * MIB,
-            Some(Duration::from_secs(1)),
-            &t,
-        );
+        assert_eq!(inp.setup, START + FINISH, "without measured overheads");
+        let started = Overheads {
+            startup: Some(Duration::from_secs(1)),
+            finish: None,
+        };
+        let slow = Inputs::before_move(256 * MIB, 40 * MIB, 2 * MIB, 100 * MIB, started, &t);
         assert_eq!(
             slow.setup,
             Duration::from_secs(1) + FINISH,
-            "with the node's own"
+            "with the node's own start-up"
+        );
+        let measured = Overheads {
+            startup: Some(Duration::from_secs(1)),
+            finish: Some(Duration::from_millis(700)),
+        };
+        let slower = Inputs::before_move(256 * MIB, 40 * MIB, 2 * MIB, 100 * MIB, measured, &t);
+        assert_eq!(
+            slower.setup,
+            Duration::from_millis(1700),
+            "with the node's own start-up and finish"
         );
         assert_eq!(inp.max_downtime, Duration::from_millis(300));
         assert_eq!(
@@ -552,7 +591,7 @@ mod tests {
             40 * MIB,
             2 * MIB,
             100 * MIB,
-            None,
+            none,
             &t,
         ));
         assert_eq!(idle.strategy, Strategy::PreCopy);
@@ -564,12 +603,35 @@ mod tests {
             200 * MIB,
             150 * MIB,
             100 * MIB,
-            None,
+            none,
             &t,
         ));
         assert_eq!(hot.strategy, Strategy::PostCopyAtOnce);
         let d = secs(hot.duration);
         assert!((2.4..2.6).contains(&d), "{d}");
+    }
+
+    #[test]
+    fn a_moves_finish_is_what_it_took_beyond_its_start_up_and_its_predicted_transfer() {
+        let ms = Duration::from_millis;
+        // (wall, before the first byte, the transfer predicted) -> finish
+        let cases = [
+            // An idle guest whose data was predicted to take 0.6 s.
+            (ms(2350), ms(1000), ms(600), ms(750)),
+            // Exactly as predicted: nothing beyond.
+            (ms(1600), ms(1000), ms(600), ms(0)),
+            // Faster than predicted: never below zero.
+            (ms(1200), ms(1000), ms(600), ms(0)),
+            // A start-up longer than the whole move (clock skew): zero.
+            (ms(500), ms(1000), ms(0), ms(0)),
+        ];
+        for (wall, before, transfer, want) in cases {
+            assert_eq!(
+                finish_of(wall, before, transfer),
+                want,
+                "{wall:?} {before:?} {transfer:?}"
+            );
+        }
     }
 
     #[test]

@@ -472,6 +472,7 @@ impl Drive {
             tuning: self.tuning.clone(),
             disks: self.disks.clone(),
             planned: self.planned,
+            planned_transfer_ms: None,
         };
         agents
             .on(&self.source)

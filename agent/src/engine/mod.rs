@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use kvmotion_api::agent::{AbortedJob, DomainPresence, DomainRef, JobPhase, JobStatus};
 use kvmotion_api::migration::MigrationProgress;
+use kvmotion_api::predict::Overheads;
 use tokio::sync::Notify;
 
 use crate::error::{Error, blocking};
@@ -129,7 +130,46 @@ pub struct Engine {
     /// Client for peer agents (disk sync).
     pub peer: kvmotion_api::client::AgentClient,
     /// How long recent live moves took from the call to the first byte.
-    startup: Mutex<Option<Duration>>,
+    startup: Recent,
+    /// What recent predicted live moves took beyond their start-up and
+    /// the time their prediction counted for their data.
+    finish: Recent,
+}
+
+/// The median of the last [`RECENT`] measurements of a duration: one odd
+/// move (a guest's first after boot sends far less than its QEMU holds)
+/// does not throw the next predictions off.
+#[derive(Default)]
+struct Recent(Mutex<std::collections::VecDeque<Duration>>);
+
+/// How many measurements [`Recent`] keeps.
+const RECENT: usize = 5;
+
+impl Recent {
+    fn get(&self) -> Option<Duration> {
+        let kept = self.0.lock().ok()?;
+        median(kept.iter().copied().collect())
+    }
+
+    fn note(&self, took: Duration) {
+        if let Ok(mut kept) = self.0.lock() {
+            if kept.len() == RECENT {
+                kept.pop_front();
+            }
+            kept.push_back(took);
+        }
+    }
+}
+
+/// The median (of an even count, the mean of the middle two).
+fn median(mut v: Vec<Duration>) -> Option<Duration> {
+    v.sort();
+    let mid = v.len() / 2;
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[mid]),
+        _ => Some((v[mid - 1] + v[mid]) / 2),
+    }
 }
 
 impl Engine {
@@ -149,7 +189,8 @@ impl Engine {
             prepare_lock: tokio::sync::Mutex::new(()),
             state,
             peer,
-            startup: Mutex::new(None),
+            startup: Recent::default(),
+            finish: Recent::default(),
         })
     }
 
@@ -185,21 +226,25 @@ impl Engine {
         Ok((job, true))
     }
 
-    /// How long this node's live moves took from the migration call to
-    /// the first byte on the wire: the average of recent ones, each
-    /// weighing half of what came before.
-    pub fn startup(&self) -> Option<Duration> {
-        self.startup.lock().ok().and_then(|s| *s)
+    /// What this node's live moves cost besides their data, the median
+    /// of its last five moves as source: start-up (the migration call to
+    /// the first byte on the wire) and finish (what a predicted move took
+    /// beyond that and the time its prediction counted for its data).
+    pub fn overheads(&self) -> Overheads {
+        Overheads {
+            startup: self.startup.get(),
+            finish: self.finish.get(),
+        }
     }
 
-    /// Counts one live move's time to its first byte into [`Engine::startup`].
+    /// Counts one live move's time to its first byte.
     pub(crate) fn note_startup(&self, took: Duration) {
-        if let Ok(mut s) = self.startup.lock() {
-            *s = Some(match *s {
-                Some(before) => (before + took) / 2,
-                None => took,
-            });
-        }
+        self.startup.note(took);
+    }
+
+    /// Counts one predicted live move's finish ([`kvmotion_api::predict::finish_of`]).
+    pub(crate) fn note_finish(&self, took: Duration) {
+        self.finish.note(took);
     }
 
     /// Whether an unfinished job of this agent moves the domain `uuid`.
@@ -352,5 +397,32 @@ pub(crate) fn by_uuid(uuid: &str) -> DomainRef {
     DomainRef {
         name: None,
         uuid: Some(uuid.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_overheads_are_the_median_of_the_last_five() {
+        let ms = Duration::from_millis;
+        // (measurements in order) -> what the next prediction counts
+        let cases: [(&[u64], Option<Duration>); 5] = [
+            (&[], None),
+            (&[900], Some(ms(900))),
+            (&[900, 1100], Some(ms(1000))),
+            // A first move after boot, far off, moves the median little.
+            (&[900, 0, 1000], Some(ms(900))),
+            // Only the last five count.
+            (&[0, 0, 0, 700, 800, 900, 1000, 1100], Some(ms(900))),
+        ];
+        for (noted, want) in cases {
+            let recent = Recent::default();
+            for &m in noted {
+                recent.note(ms(m));
+            }
+            assert_eq!(recent.get(), want, "{noted:?}");
+        }
     }
 }

@@ -6,20 +6,22 @@ use std::time::Duration;
 use kvmotion_api::agent::ResolvedTuning;
 use kvmotion_api::tuning::TimeoutAction;
 
-pub use kvmotion_api::predict::{FINISH, Inputs, predict};
+pub use kvmotion_api::predict::{FINISH, Inputs, finish_of, predict};
 
 use super::convergence::{JobSample, Policy};
 
 /// The inputs of a running job's prediction: its latest sample, the
 /// guest's measured dirty rate, the policy, when data began to flow
-/// (`before_flow` after the job's start) and for how long it has.
+/// (`before_flow` after the job's start), for how long it has, and what
+/// the node's moves took after their data (`finish`, [`FINISH`] until
+/// measured).
 pub fn from_job(
     s: &JobSample,
     dirty_bytes_per_second: u64,
     policy: &Policy,
     t: &ResolvedTuning,
-    before_flow: Duration,
-    flowing: Duration,
+    (before_flow, flowing): (Duration, Duration),
+    finish: Option<Duration>,
 ) -> Inputs {
     // Zero pages are scanned but cost nearly nothing on the wire: the
     // rest of the first pass sends what its scanned part did per byte.
@@ -44,7 +46,7 @@ pub fn from_job(
         dirty_bytes_per_second,
         link_bytes_per_second: if cap > 0 { seen.min(cap) } else { seen },
         max_downtime: policy.max_downtime,
-        setup: before_flow + FINISH,
+        setup: before_flow + finish.unwrap_or(FINISH),
         post_copy: policy.post_copy,
         auto_converge: t.auto_converge,
         pause: policy.on_timeout == TimeoutAction::Pause,
@@ -80,12 +82,25 @@ mod tests {
             8 * MIB,
             &policy,
             &t,
-            Duration::from_millis(300),
-            Duration::from_secs(1),
+            (Duration::from_millis(300), Duration::from_secs(1)),
+            None,
         );
         assert_eq!(inp.first_pass_remaining_bytes, 48 * MIB);
         assert_eq!(inp.link_bytes_per_second, 100 * MIB);
         assert_eq!(inp.setup, Duration::from_millis(300) + FINISH);
+        let measured = from_job(
+            &s,
+            8 * MIB,
+            &policy,
+            &t,
+            (Duration::from_millis(300), Duration::from_secs(1)),
+            Some(Duration::from_millis(700)),
+        );
+        assert_eq!(
+            measured.setup,
+            Duration::from_millis(1000),
+            "the node's own finish"
+        );
         assert_eq!((inp.post_copy, inp.pause), (true, false));
         // Past the first pass, what remains is data; no cap, the job's rate.
         let later = JobSample {
@@ -99,8 +114,8 @@ mod tests {
             8 * MIB,
             &Policy::from(&free),
             &free,
-            Duration::ZERO,
-            Duration::from_secs(1),
+            (Duration::ZERO, Duration::from_secs(1)),
+            None,
         );
         assert_eq!(inp.first_pass_remaining_bytes, 10 * MIB);
         assert_eq!(inp.link_bytes_per_second, 120 * MIB);

@@ -306,10 +306,14 @@ impl Engine {
         let ramp = transfer == Transfer::Live;
         let mut ticker = tokio::time::interval(self.config.poll);
         let mut tracker = Tracker::default();
+        // What the move's prediction counts for its data: what the move
+        // took beyond it and its start-up is the node's finish.
+        let mut predicted_transfer: Option<Duration> = None;
         if transfer == Transfer::Live
             && let Some(plan) = req.planned
         {
             tracker.planned = Some(plan);
+            predicted_transfer = req.planned_transfer_ms.map(Duration::from_millis);
             job.update(|s| {
                 if !s.actions.iter().any(|a| a.starts_with("Planned(")) {
                     s.actions.push(format!("Planned({})", plan.as_str()));
@@ -418,10 +422,14 @@ impl Engine {
                             rate,
                             &policy,
                             &req.tuning,
-                            flowing.saturating_duration_since(started),
-                            flowing.elapsed(),
+                            (
+                                flowing.saturating_duration_since(started),
+                                flowing.elapsed(),
+                            ),
+                            self.overheads().finish,
                         );
                         let p = predict::predict(&inp);
+                        predicted_transfer = p.duration.map(|d| d.saturating_sub(inp.setup));
                         info!(migration = %job.id, strategy = p.strategy.as_str(), reason = %p.reason, "predicted");
                         if p.strategy == Strategy::Refuse {
                             refusal = Some(p.reason.clone());
@@ -475,6 +483,17 @@ impl Engine {
                         wait_for_completion(&mut events, &uuid, Duration::from_secs(2)).await;
                 }
                 let stats = final_stats.unwrap_or_default();
+                // Only a move this run started knows when it was asked for.
+                if fresh
+                    && ramp
+                    && let (Some(flowing), Some(transfer)) = (flowing_since, predicted_transfer)
+                {
+                    self.note_finish(predict::finish_of(
+                        started.elapsed(),
+                        flowing.saturating_duration_since(started),
+                        transfer,
+                    ));
+                }
                 Ok(completed(stats, stats.elapsed_or(wall), 0))
             }
             Err(e) => {
@@ -745,6 +764,7 @@ mod tests {
             tuning,
             disks: Vec::new(),
             planned: None,
+            planned_transfer_ms: None,
         }
     }
 

@@ -109,6 +109,7 @@ pub fn prediction() -> kvmotion_api::migration::MigrationPrediction {
         pre_copy_passes: None,
         duration_ms: Some(11_000),
         downtime_ms: Some(20),
+        setup_ms: Some(1_500),
         made_after_ms: 1_100,
         before_move: false,
     }

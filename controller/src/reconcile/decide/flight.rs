@@ -58,6 +58,7 @@ pub fn preparing(obs: &Observed, d: &mut Decision, now: Timestamp) {
         return;
     };
     let vm = precheck::domain_ref(&c.located.domain);
+    let before_move = obs.status.prediction.as_ref().filter(|p| p.before_move);
     d.effect = Some(Effect::Start {
         prepare: Box::new(PrepareRequest {
             vm: vm.clone(),
@@ -80,12 +81,9 @@ pub fn preparing(obs: &Observed, d: &mut Decision, now: Timestamp) {
             mode: spec.mode,
             tuning: policy.tuning.clone(),
             disks: c.disks,
-            planned: obs
-                .status
-                .prediction
-                .as_ref()
-                .filter(|p| p.before_move)
-                .map(|p| p.strategy),
+            planned: before_move.map(|p| p.strategy),
+            planned_transfer_ms: before_move
+                .and_then(|p| Some(p.duration_ms?.saturating_sub(p.setup_ms?))),
         }),
         source,
         target,

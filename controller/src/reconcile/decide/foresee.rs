@@ -12,7 +12,7 @@ use kvmotion_api::MigrationMode;
 use kvmotion_api::agent::ResolvedTuning;
 use kvmotion_api::hypervisor::{DomainInfo, DomainState};
 use kvmotion_api::migration::MigrationPrediction;
-use kvmotion_api::predict::{Inputs, predict};
+use kvmotion_api::predict::{Inputs, Overheads, predict};
 
 use super::elapsed;
 
@@ -23,12 +23,12 @@ pub const SAMPLE_MAX_AGE: Duration = Duration::from_secs(300);
 /// The prediction before the move, when there is what to make it from: a
 /// live move of a running guest, a sample of its dirty rate no older than
 /// [`SAMPLE_MAX_AGE`], and a known link rate (the policy's bandwidth cap).
-/// `startup` is the source node's measured time to a move's first byte.
+/// `overheads` are what the source node's moves cost besides their data.
 /// None leaves the prediction to the source agent, a second into the move.
 pub fn before_move(
     mode: MigrationMode,
     domain: &DomainInfo,
-    startup: Option<Duration>,
+    overheads: Overheads,
     tuning: &ResolvedTuning,
     now: Timestamp,
 ) -> Option<MigrationPrediction> {
@@ -52,7 +52,7 @@ pub fn before_move(
         sample.resident_bytes,
         sample.bytes_per_second,
         link,
-        startup,
+        overheads,
         tuning,
     );
     let mut report = predict(&inp).report(&inp, Duration::ZERO);
@@ -159,7 +159,7 @@ mod tests {
             ("paused guest", live, paused, capped(100, true), None),
         ];
         for (case, mode, domain, tuning, want) in cases {
-            let got = before_move(mode, &domain, None, &tuning, now());
+            let got = before_move(mode, &domain, Overheads::default(), &tuning, now());
             assert_eq!(got.as_ref().map(|p| p.strategy), want, "{case}");
             if let Some(p) = got {
                 assert!(p.before_move, "{case}");

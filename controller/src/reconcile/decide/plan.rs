@@ -437,8 +437,8 @@ fn agent_available(
 }
 
 /// The prediction of a checked move made before it starts, when there is
-/// what to make it from (`foresee::before_move`), counting the source
-/// node's own start-up.
+/// what to make it from (`foresee::before_move`), counting what the source
+/// node's moves cost besides their data.
 fn predict_before_move(
     obs: &Observed,
     c: &Checked,
@@ -447,12 +447,13 @@ fn predict_before_move(
     let (Ok(spec), Some(policy)) = (&obs.spec, &obs.status.policy) else {
         return None;
     };
-    let startup = obs
+    let overheads = obs
         .world
         .hypervisor(&c.source)
-        .and_then(|h| h.status.as_ref()?.migration_startup_ms)
-        .map(Duration::from_millis);
-    foresee::before_move(spec.mode, &c.located.domain, startup, &policy.tuning, now)
+        .and_then(|h| h.status.as_ref())
+        .map(|s| s.move_overheads())
+        .unwrap_or_default();
+    foresee::before_move(spec.mode, &c.located.domain, overheads, &policy.tuning, now)
 }
 
 /// Prechecking: everything that can be known before touching an agent.

@@ -745,6 +745,55 @@ fn progress_is_mirrored_at_most_once_per_interval() {
 }
 
 #[test]
+fn the_start_request_carries_the_strategy_and_transfer_predicted_before_the_move() {
+    let planned = |p: Option<kvmotion_api::migration::MigrationPrediction>| {
+        let mut obs = Obs::new(Some(Phase::Preparing));
+        obs.0.status.prediction = p;
+        match decide(&obs.0, &Settings::default(), now()).effect {
+            Some(Effect::Start { start, .. }) => (start.planned, start.planned_transfer_ms),
+            other => panic!("no start: {}", kind(&other)),
+        }
+    };
+    let before = kvmotion_api::migration::MigrationPrediction {
+        strategy: kvmotion_api::migration::Strategy::PostCopyAtOnce,
+        reason: String::new(),
+        dirty_rate_bytes_per_second: 128 << 20,
+        link_bytes_per_second: 100 << 20,
+        pre_copy_passes: None,
+        duration_ms: Some(3100),
+        downtime_ms: Some(20),
+        setup_ms: Some(1300),
+        made_after_ms: 0,
+        before_move: true,
+    };
+    let cases = [
+        ("before the move", Some(before.clone()), (Some(before.strategy), Some(1800))),
+        ("none", None, (None, None)),
+        // The agent's own, from an earlier start: it predicts again.
+        (
+            "made during a move",
+            Some(kvmotion_api::migration::MigrationPrediction {
+                before_move: false,
+                ..before.clone()
+            }),
+            (None, None),
+        ),
+        // Without a duration (or its setup) there is no transfer to measure against.
+        (
+            "no duration",
+            Some(kvmotion_api::migration::MigrationPrediction {
+                duration_ms: None,
+                ..before.clone()
+            }),
+            (Some(before.strategy), None),
+        ),
+    ];
+    for (case, p, want) in cases {
+        assert_eq!(planned(p), want, "{case}");
+    }
+}
+
+#[test]
 fn the_prediction_is_mirrored_as_soon_as_the_job_has_it_and_kept_at_its_end() {
     let predicted = kvmotion_api::migration::MigrationPrediction {
         strategy: kvmotion_api::migration::Strategy::PostCopyAtOnce,
@@ -754,6 +803,7 @@ fn the_prediction_is_mirrored_as_soon_as_the_job_has_it_and_kept_at_its_end() {
         pre_copy_passes: None,
         duration_ms: Some(3100),
         downtime_ms: Some(20),
+        setup_ms: Some(1300),
         made_after_ms: 1100,
         before_move: false,
     };
