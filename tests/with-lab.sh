@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
 # Runs a command with the test control plane and the two-node lab up, then
 # stops whichever of them it started. With KEEP set (non-empty, not 0) both
-# stay up. Usage: tests/with-lab.sh COMMAND [ARGS...]
+# stay up. Usage: tests/with-lab.sh [--meanwhile CMD [ARGS...] --] COMMAND [ARGS...]
+#
+# --meanwhile runs CMD while the control plane and the lab start (they
+# spend their time waiting on daemons; `make test` compiles meanwhile) and
+# COMMAND only if both CMD and the start succeeded.
 set -uo pipefail
+meanwhile=()
+if [ "${1:-}" = --meanwhile ]; then
+  shift
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do meanwhile+=("$1"); shift; done
+  [ "${1:-}" = -- ] || { echo "with-lab.sh: --meanwhile CMD needs a -- before COMMAND" >&2; exit 2; }
+  shift
+fi
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/control-plane/lib.sh"
 
@@ -26,8 +37,25 @@ teardown() {
 # Ctrl-C stops the command (same process group) and still tears down.
 trap 'teardown; exit 130' INT TERM
 
-"$here/control-plane/up.sh" && "$here/lab/lab.sh" up && "$@"
-rc=$?
+up() { "$here/control-plane/up.sh" && "$here/lab/lab.sh" up; }
+if [ ${#meanwhile[@]} -gt 0 ]; then
+  started_log=$(mktemp)
+  up >"$started_log" 2>&1 &
+  up_pid=$!
+  "${meanwhile[@]}"
+  meanwhile_rc=$?
+  wait "$up_pid"
+  up_rc=$?
+  cat "$started_log" >&2
+  rm -f "$started_log"
+  if [ "$meanwhile_rc" -ne 0 ]; then rc=$meanwhile_rc
+  elif [ "$up_rc" -ne 0 ]; then rc=$up_rc
+  else "$@"; rc=$?
+  fi
+else
+  up && "$@"
+  rc=$?
+fi
 trap - INT TERM
 teardown
 exit $rc
