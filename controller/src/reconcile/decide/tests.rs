@@ -767,7 +767,11 @@ fn the_start_request_carries_the_strategy_and_transfer_predicted_before_the_move
         before_move: true,
     };
     let cases = [
-        ("before the move", Some(before.clone()), (Some(before.strategy), Some(1800))),
+        (
+            "before the move",
+            Some(before.clone()),
+            (Some(before.strategy), Some(1800)),
+        ),
         ("none", None, (None, None)),
         // The agent's own, from an earlier start: it predicts again.
         (
