@@ -55,7 +55,8 @@ while IFS=$'\t' read -r bin name _; do
   verdict="faulted in all $((attempts + 1)) runs"
   for try in $(seq 1 "$attempts"); do
     echo "=== again ($try of $attempts): --test $bin $name"
-    if "$1" test -p kvmotion-tests --test "$bin" -- --exact "$name" 2>&1 | tee "$again"; [ "${PIPESTATUS[0]}" -eq 0 ]; then
+    # --workspace, as the suite ran: the same feature set as its build.
+    if "$1" test --workspace --test "$bin" -- --exact "$name" 2>&1 | tee "$again"; [ "${PIPESTATUS[0]}" -eq 0 ]; then
       verdict="passed in run $((try + 1)) after a guest kernel fault"
       break
     fi

@@ -744,6 +744,22 @@ fn progress_is_mirrored_at_most_once_per_interval() {
     assert_eq!(d.next, Next::RequeueAfter(Duration::from_secs(1)));
 }
 
+/// The source agent's prediction a second into a hot guest's move.
+fn hot_prediction() -> kvmotion_api::migration::MigrationPrediction {
+    kvmotion_api::migration::MigrationPrediction {
+        strategy: kvmotion_api::migration::Strategy::PostCopyAtOnce,
+        reason: "the guest dirties 128 MiB/s and the link moves 100 MiB/s".into(),
+        dirty_rate_bytes_per_second: 128 << 20,
+        link_bytes_per_second: 100 << 20,
+        pre_copy_passes: None,
+        duration_ms: Some(3100),
+        downtime_ms: Some(20),
+        setup_ms: Some(1300),
+        made_after_ms: 1100,
+        before_move: false,
+    }
+}
+
 #[test]
 fn the_start_request_carries_the_strategy_and_transfer_predicted_before_the_move() {
     let planned = |p: Option<kvmotion_api::migration::MigrationPrediction>| {
@@ -755,16 +771,9 @@ fn the_start_request_carries_the_strategy_and_transfer_predicted_before_the_move
         }
     };
     let before = kvmotion_api::migration::MigrationPrediction {
-        strategy: kvmotion_api::migration::Strategy::PostCopyAtOnce,
-        reason: String::new(),
-        dirty_rate_bytes_per_second: 128 << 20,
-        link_bytes_per_second: 100 << 20,
-        pre_copy_passes: None,
-        duration_ms: Some(3100),
-        downtime_ms: Some(20),
-        setup_ms: Some(1300),
         made_after_ms: 0,
         before_move: true,
+        ..hot_prediction()
     };
     let cases = [
         (
@@ -799,18 +808,7 @@ fn the_start_request_carries_the_strategy_and_transfer_predicted_before_the_move
 
 #[test]
 fn the_prediction_is_mirrored_as_soon_as_the_job_has_it_and_kept_at_its_end() {
-    let predicted = kvmotion_api::migration::MigrationPrediction {
-        strategy: kvmotion_api::migration::Strategy::PostCopyAtOnce,
-        reason: "the guest dirties 128 MiB/s and the link moves 100 MiB/s".into(),
-        dirty_rate_bytes_per_second: 128 << 20,
-        link_bytes_per_second: 100 << 20,
-        pre_copy_passes: None,
-        duration_ms: Some(3100),
-        downtime_ms: Some(20),
-        setup_ms: Some(1300),
-        made_after_ms: 1100,
-        before_move: false,
-    };
+    let predicted = hot_prediction();
     let with = |phase: JobPhase, p: Option<&kvmotion_api::migration::MigrationPrediction>| {
         let mut obs = Obs::new(Some(Phase::Migrating)).job(phase);
         if let Reading::Job(Ok(j)) = &mut obs.0.reading {
