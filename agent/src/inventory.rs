@@ -70,9 +70,8 @@ pub async fn run(
         let mut observed = observe(&lv, &cfg).await;
         samples.fill(&mut observed.domains);
         let overheads = engine.overheads();
-        let ms = |d: Option<Duration>| d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        observed.migration_startup_ms = ms(overheads.startup);
-        observed.migration_finish_ms = ms(overheads.finish);
+        observed.migration_startup_ms = overheads.startup.map(crate::engine::millis);
+        observed.migration_finish_ms = overheads.finish.map(crate::engine::millis);
         let due = last_write.elapsed() >= cfg.resync;
         if !due
             && last

@@ -342,6 +342,15 @@ pub struct MigrationPrediction {
     pub before_move: bool,
 }
 
+impl MigrationPrediction {
+    /// What the prediction counted for the data: its duration less the
+    /// node's start-up and finish, in milliseconds; the source agent
+    /// measures its node's finish against it.
+    pub fn transfer_ms(&self) -> Option<u64> {
+        Some(self.duration_ms?.saturating_sub(self.setup_ms?))
+    }
+}
+
 /// How a live move converges, as chosen from the prediction.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum Strategy {

@@ -429,13 +429,13 @@ impl Engine {
                             self.overheads().finish,
                         );
                         let p = predict::predict(&inp);
-                        predicted_transfer = p.duration.map(|d| d.saturating_sub(inp.setup));
                         info!(migration = %job.id, strategy = p.strategy.as_str(), reason = %p.reason, "predicted");
                         if p.strategy == Strategy::Refuse {
                             refusal = Some(p.reason.clone());
                         }
                         tracker.planned = Some(p.strategy);
                         let report = p.report(&inp, started.elapsed());
+                        predicted_transfer = report.transfer_ms().map(Duration::from_millis);
                         job.update(|s| {
                             s.actions
                                 .push(format!("Predicted({})", p.strategy.as_str()));

@@ -82,8 +82,7 @@ pub fn preparing(obs: &Observed, d: &mut Decision, now: Timestamp) {
             tuning: policy.tuning.clone(),
             disks: c.disks,
             planned: before_move.map(|p| p.strategy),
-            planned_transfer_ms: before_move
-                .and_then(|p| Some(p.duration_ms?.saturating_sub(p.setup_ms?))),
+            planned_transfer_ms: before_move.and_then(|p| p.transfer_ms()),
         }),
         source,
         target,
